@@ -18,7 +18,9 @@ from rich.progress import (
 T = TypeVar("T")
 
 
-def track(items: Iterable[T], description: str, total: int | None = None, quiet: bool = False) -> Iterator[T]:
+def track(
+    items: Iterable[T], description: str, total: int | None = None, quiet: bool = False
+) -> Iterator[T]:
     """Iterate ``items`` with a progress bar on stderr unless ``quiet``."""
     if quiet:
         yield from items

@@ -51,7 +51,9 @@ class Work:
     seq_len: int
     ops: dict[str, OpWork] = field(default_factory=lambda: {c: OpWork() for c in OP_CLASSES})
 
-    def add(self, op: str, matmul: int = 0, other: int = 0, elems: int = 0, kernels: int = 1) -> None:
+    def add(
+        self, op: str, matmul: int = 0, other: int = 0, elems: int = 0, kernels: int = 1
+    ) -> None:
         w = self.ops[op]
         w.matmul_flops += int(matmul)
         w.other_flops += int(other)
@@ -87,8 +89,12 @@ class Work:
 
 
 def _linear(work: Work, op: str, rows: int, d_in: int, d_out: int) -> None:
-    work.add(op, matmul=2 * rows * d_in * d_out, other=rows * d_out,
-             elems=rows * d_in + d_in * d_out + d_out + rows * d_out)
+    work.add(
+        op,
+        matmul=2 * rows * d_in * d_out,
+        other=rows * d_out,
+        elems=rows * d_in + d_in * d_out + d_out + rows * d_out,
+    )
 
 
 def _layernorm(work: Work, rows: int, d: int) -> None:
@@ -101,7 +107,9 @@ def analyze(arch: ArchSpec, batch: int = 1, seq_len: int | None = None, topk: in
     work = Work(batch=b, seq_len=t)
     rows = b * t
     # gather + sqrt(d) scale + position add + padding mask; the id range check is elementwise.
-    work.add("embedding", other=3 * rows * d + 2 * rows, elems=rows + 3 * rows * d + t * d, kernels=2)
+    work.add(
+        "embedding", other=3 * rows * d + 2 * rows, elems=rows + 3 * rows * d + t * d, kernels=2
+    )
     if any(blk.gate_hidden for blk in arch.blocks):
         _layernorm(work, rows, d)
     for i, blk in enumerate(arch.blocks):
@@ -113,13 +121,21 @@ def analyze(arch: ArchSpec, batch: int = 1, seq_len: int | None = None, topk: in
         _linear(work, "qkv_proj", rows, d, w)
         _linear(work, "qkv_proj", rows, d, w)
         score_elems = b * h * tq * t
-        work.add("attn_scores", matmul=2 * score_elems * hs, other=score_elems,
-                 elems=(q_rows + rows) * w + score_elems)
+        work.add(
+            "attn_scores",
+            matmul=2 * score_elems * hs,
+            other=score_elems,
+            elems=(q_rows + rows) * w + score_elems,
+        )
         if blk.attention == "softmax":  # mask, max, exp, sum, divide
             work.add("softmax", other=5 * score_elems, elems=3 * score_elems, kernels=2)
         else:  # elu + L2-normalise q and k, then the causal 0/1 mask
-            work.add("softmax", other=6 * (q_rows + rows) * w + score_elems,
-                     elems=3 * (q_rows + rows) * w + 2 * score_elems, kernels=3)
+            work.add(
+                "softmax",
+                other=6 * (q_rows + rows) * w + score_elems,
+                elems=3 * (q_rows + rows) * w + 2 * score_elems,
+                kernels=3,
+            )
         work.add("attn_v", matmul=2 * score_elems * hs, elems=score_elems + rows * w + q_rows * w)
         _linear(work, "out_proj", q_rows, w, d)
         work.add("out_proj", other=q_rows * d, elems=3 * q_rows * d, kernels=0)  # residual add
@@ -133,8 +149,12 @@ def analyze(arch: ArchSpec, batch: int = 1, seq_len: int | None = None, topk: in
                 _linear(work, "gates", q_rows, d, g)
                 _linear(work, "gates", q_rows, g, d_out)
                 # relu, sigmoid, gamma scale, multiply onto the activation
-                work.add("gates", other=q_rows * g + 3 * q_rows * d_out,
-                         elems=3 * q_rows * d_out, kernels=1)
+                work.add(
+                    "gates",
+                    other=q_rows * g + 3 * q_rows * d_out,
+                    elems=3 * q_rows * d_out,
+                    kernels=1,
+                )
     _layernorm(work, b, d)
     work.add("scoring", matmul=2 * b * d * n, elems=b * d + n * d + b * n)
     if topk:

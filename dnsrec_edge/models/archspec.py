@@ -119,9 +119,7 @@ class ArchSpec:
         except (TypeError, ValueError) as err:
             raise ArchSpecError(f"malformed ArchSpec: {err}") from err
         if "depth" in d and int(d["depth"]) != spec.depth:
-            raise ArchSpecError(
-                f"ArchSpec says depth {d['depth']} but lists {spec.depth} block(s)"
-            )
+            raise ArchSpecError(f"ArchSpec says depth {d['depth']} but lists {spec.depth} block(s)")
         return spec
 
     def to_json(self) -> str:

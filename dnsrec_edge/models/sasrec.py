@@ -19,7 +19,7 @@ from torch import nn
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 from dnsrec_edge.models.gates import DataAwareGate
 
-MASK_VALUE = -1e9  # finite, so a row with every key masked gives a uniform softmax, not NaN
+MASK_VALUE = -1e9  # finite: masked scores underflow to exactly 0 after softmax, never NaN
 
 
 class CausalSelfAttention(nn.Module):
@@ -95,7 +95,11 @@ class SASRecBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, allowed: torch.Tensor, x0: torch.Tensor | None, last_only: bool = False
+        self,
+        x: torch.Tensor,
+        allowed: torch.Tensor,
+        x0: torch.Tensor | None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         h = self.ln1(x)
         if last_only:  # only the last position is needed downstream
@@ -116,9 +120,7 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(arch.n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(arch.max_len, d)
         self.emb_drop = nn.Dropout(dropout)
-        self.gate_norm = (
-            nn.LayerNorm(d) if any(b.gate_hidden for b in arch.blocks) else None
-        )
+        self.gate_norm = nn.LayerNorm(d) if any(b.gate_hidden for b in arch.blocks) else None
         self.blocks = nn.ModuleList(SASRecBlock(d, b, dropout, gate_gamma) for b in arch.blocks)
         self.ln_f = nn.LayerNorm(d)
         self._init_weights()
@@ -133,7 +135,9 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def embed(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def embed(
+        self, item_seq: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Return ``(x, allowed, x0)``: embeddings (B, L, d), attention mask, gate input."""
         n = self.arch.n_items
         item_seq = torch.where((item_seq < 0) | (item_seq > n), 0, item_seq)  # out of range -> pad
@@ -143,8 +147,10 @@ class SASRec(nn.Module):
         pos = torch.arange(self.arch.max_len - t, self.arch.max_len, device=item_seq.device)
         x = self.item_emb(item_seq) * math.sqrt(self.arch.hidden) + self.pos_emb(pos)  # (B, T, d)
         x = self.emb_drop(x) * keep.unsqueeze(-1).to(x.dtype)
-        causal = torch.ones(t, t, dtype=torch.bool, device=item_seq.device).tril()  # (T, T)
-        allowed = causal.view(1, 1, t, t) & keep.view(b, 1, 1, t)  # (B, 1, T, T)
+        ones = torch.ones(t, t, dtype=torch.bool, device=item_seq.device)
+        causal, diag = ones.tril(), ones.triu().tril()  # (T, T)
+        # a query sees earlier non-padding keys; a padding query sees only itself (no leak)
+        allowed = causal.view(1, 1, t, t) & (keep.view(b, 1, 1, t) | diag)  # (B, 1, T, T)
         x0 = None if self.gate_norm is None else self.gate_norm(x)
         return x, allowed, x0
 
