@@ -98,3 +98,11 @@ class CalibrationError(DnsrecError):
 
 class StageFailed(DnsrecError):
     """A pipeline stage that failed; the message names the stage and the cause."""
+
+
+class ExportError(DnsrecError):
+    """An export request that cannot be met (top-k larger than the item count, bad batch)."""
+
+
+class PipelineError(DnsrecError):
+    """Pipeline options that do not fit together (e.g. --emulate with a non-arm64 target)."""

@@ -1,0 +1,392 @@
+"""``benchmark``: check an artifact on its board, time it, meter its energy, record it.
+
+Order of work, per board: verify the artifact's sha256s (before anything runs), read the
+board's facts, refuse a board of another architecture (before upload), upload and load the
+library, run the reference input and compare with the stored ONNX Runtime output (max abs
+diff <= 1e-4 and the same top-10; a mismatch fails and records nothing), then warm up,
+time ``repeat`` samples of ``number`` calls each (in chunks, so a dropped connection is
+retried once and finished chunks are kept), meter energy over a separate window, and read
+the serving process's peak memory. Successful non-emulated boards become calibration records.
+
+Example::
+
+    report = benchmark("artifacts/arm64", rpc="192.168.1.20:9090", repeat=50)
+    print(report.latency_ms()["median"], report.to_dict()["energy"])
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dnsrec_edge import __version__
+from dnsrec_edge.bench import energy as energy_mod
+from dnsrec_edge.bench import probe as probe_mod
+from dnsrec_edge.bench import rpc as rpc_mod
+from dnsrec_edge.bench.report import MEASURED_SOURCES, BenchReport, BoardResult
+from dnsrec_edge.compile.artifact import load_artifact
+from dnsrec_edge.compile.targets import load_target
+from dnsrec_edge.errors import DeviceError, DeviceUnreachable, DnsrecError, OutputMismatch
+from dnsrec_edge.fsio import ensure_new
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-4
+TOPK = 10
+CHUNK_REPEATS = 10  # repeats timed per RPC call; a dropped connection loses at most one chunk
+
+
+def _target_priors(name: str) -> tuple[tuple[float, float] | None, int | None]:
+    """``((idle_watts, active_watts) or None, threads or None)`` from the target preset."""
+    try:
+        target = load_target(name)
+    except DnsrecError as err:
+        log.info("no target preset for '%s' (%s): energy cannot be modelled", name, err)
+        return None, None
+    power = (float(target.idle_watts), float(target.active_watts)) if target.active_watts else None
+    return power, target.threads or None
+
+
+def _topk_match(out: np.ndarray, ref: np.ndarray) -> bool:
+    k = min(TOPK, ref.shape[-1])
+    a = np.argsort(-out.reshape(-1, out.shape[-1]), axis=-1, kind="stable")[:, :k]
+    b = np.argsort(-ref.reshape(-1, ref.shape[-1]), axis=-1, kind="stable")[:, :k]
+    return all(set(x) == set(y) for x, y in zip(a, b, strict=True))
+
+
+class _BoardRun:
+    """Everything one board session needs; rebuilt after a dropped connection."""
+
+    def __init__(
+        self, link: rpc_mod.BoardLink, art: Any, result: BoardResult, opts: dict, session: Any
+    ):
+        self.link, self.art, self.result, self.opts = link, art, result, opts
+        self.session = session  # None: open a fresh one (a reconnect)
+
+    def prepare(self) -> None:
+        """Connect, check arch, upload, load, check outputs, set threads, pick the meter."""
+        import tvm
+        from tvm import relax
+
+        if self.session is None:
+            self.session = self.link.open()
+        session = self.session
+        manifest, where = self.art.manifest, f"the board at {self.link.label}"
+        facts = rpc_mod.board_facts(session)
+        if facts is None:
+            facts = {"agent": False}
+            log.warning(
+                "%s runs no dnsrec-edge agent: no board facts, sensors or memory "
+                "figures (serve it with `dnsrec-edge device serve`)",
+                where,
+            )
+        else:
+            facts["agent"] = True
+            if not self.link.named and facts.get("rpc_port"):
+                self.result.label = f"{facts['hostname']}:{facts['rpc_port']}"
+        self.result.device = facts
+        rpc_mod.check_arch(
+            manifest.get("arch"), facts, where, str(self.art.path), manifest.get("target", "?")
+        )
+        threads = self.opts["threads"]
+        if not threads and self.opts["target_threads"]:  # the target's count, if the board has it
+            threads = min(self.opts["target_threads"], facts.get("cpus_available") or 1 << 30)
+        if threads and facts.get("agent"):
+            self.result.threads = int(session.get_function("dnsrec_edge.set_threads")(threads))
+        else:
+            if threads:
+                session.get_function("runtime.config_threadpool")(1, int(threads))
+            self.result.threads = int(session.get_function("runtime.NumThreads")())
+        lib = Path(self.art.path) / "lib.so"
+        name = f"dnsrec_{manifest['files']['lib.so'][:16]}.so"
+        module = rpc_mod.load_library(session, str(lib), name, where)
+        self.dev = session.cuda(0) if manifest.get("device") == "cuda" else session.cpu()
+        self.vm = relax.VirtualMachine(module, self.dev)
+        x = np.load(Path(self.art.path) / "reference_input.npy")
+        ref = np.load(Path(self.art.path) / "reference_output.npy")
+        self.x = tvm.runtime.tensor(x, self.dev)
+        out = self.vm[manifest.get("entry", "main")](self.x)
+        out = (out[0] if not hasattr(out, "numpy") else out).numpy()
+        if out.shape != ref.shape:
+            raise OutputMismatch(
+                f"{where} returned scores of shape {out.shape}, the reference has {ref.shape}; "
+                "the artifact does not match its reference files: recompile it"
+            )
+        diff = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64))))
+        top = _topk_match(out, ref)
+        self.result.max_abs_diff, self.result.top10_match = diff, top
+        if not (diff <= TOLERANCE and top):
+            raise OutputMismatch(
+                f"outputs on {where} differ from ONNX Runtime (max abs diff {diff:.2e}, limit "
+                f"{TOLERANCE:g}; top-{TOPK} {'same' if top else 'different'}); nothing was "
+                "timed or recorded: recompile the artifact, or check the board's TVM version"
+            )
+        self.meter, self.meter_note = self._meter(session, facts)
+
+    def _meter(self, session: Any, facts: dict) -> tuple[Any, str]:
+        spec, power = self.opts["energy"], self.opts["power"]
+        where = f"the board at {self.link.label}"
+        if facts.get("emulated") and not spec.startswith("command:"):
+            model = energy_mod.ModelMeter(power[1], power[0]) if power else None
+            return model, "emulated board: its sensors are the host's, so energy is modelled"
+        if self.link.local:
+            probe = energy_mod.LocalProbe(self.opts["sysfs_root"])
+        elif facts.get("agent"):
+            probe = energy_mod.RemoteProbe(session, self.opts["sysfs_root"])
+        else:
+            probe = None
+        return energy_mod.make_meter(spec, probe, power, where)
+
+    def evaluator(self, number: int, repeat: int) -> Callable[..., Any]:
+        entry = self.art.manifest.get("entry", "main")
+        return self.vm.time_evaluator(
+            entry, self.dev, number=number, repeat=repeat, min_repeat_ms=0
+        )
+
+    def warmup(self) -> None:
+        if self.opts["warmup"] > 0:
+            self.evaluator(1, self.opts["warmup"])(self.x)
+
+    def time_chunks(self, on_run: Callable[[int], None] | None) -> None:
+        """Time the repeats still missing, in chunks; each finished chunk is kept at once."""
+        number = self.opts["number"]
+        while (remaining := self.opts["repeat"] - len(self.result.samples_ms)) > 0:
+            chunk = min(remaining, CHUNK_REPEATS)
+            result = self.evaluator(number, chunk)(self.x)
+            self.result.runs.append([float(s) * 1e3 for s in result.results])
+            if on_run is not None:
+                on_run(len(self.result.runs))
+
+    def measure_energy(self) -> dict[str, Any]:
+        meter, note = self.meter, self.meter_note
+        stats = self.result.latency_ms()
+        latency_s = stats["mean"] / 1e3
+        base = {
+            "meter": None,
+            "note": note or None,
+            "idle_watts": None,
+            "baseline_subtracted": False,
+        }
+        if meter is None:
+            return base | {"joules_per_inference": None, "source": "none"}
+        base["meter"] = meter.describe()
+        idle_s = self.opts["idle_baseline_s"]
+        if isinstance(meter, energy_mod.ModelMeter):
+            return base | {
+                "joules_per_inference": meter.joules_per_inference(latency_s, net=idle_s > 0),
+                "source": "model",
+                "idle_watts": meter.idle_watts if idle_s > 0 else None,
+                "baseline_subtracted": idle_s > 0,
+            }
+        try:
+            idle_w = energy_mod.measure_idle(meter, idle_s) if idle_s > 0 else None
+            calls = max(1, math.ceil(self.opts["energy_seconds"] / max(latency_s, 1e-6)))
+            meter.start()
+            self.evaluator(calls, 1)(self.x)
+            reading = meter.stop()
+        except DeviceError as err:
+            log.warning("energy measurement failed: %s", err)
+            return base | {"joules_per_inference": None, "source": meter.source, "error": str(err)}
+        joules = energy_mod.net_joules(reading, idle_w) if idle_w is not None else reading.joules
+        inferences = calls + 1  # time_evaluator makes one untimed call first
+        return base | {
+            "joules_per_inference": joules / inferences,
+            "source": reading.source,
+            "window_s": reading.seconds,
+            "inferences": inferences,
+            "idle_watts": idle_w,
+            "baseline_subtracted": idle_w is not None,
+            "detail": reading.detail,
+        }
+
+    def peak_rss(self) -> int | None:
+        if self.link.local:
+            return probe_mod.peak_rss_bytes()
+        return rpc_mod.peak_rss(self.session)
+
+
+def _bench_board(
+    link: rpc_mod.BoardLink,
+    art: Any,
+    opts: dict,
+    result: BoardResult,
+    on_run: Callable[[int], None] | None,
+) -> None:
+    """Fill ``result`` for one board; one reconnect after a dropped connection."""
+    session = link.open()  # unreachable at first: a plain DeviceUnreachable, no retry
+    while True:
+        run = _BoardRun(link, art, result, opts, session)
+        try:
+            run.prepare()
+            run.warmup()
+            run.time_chunks(on_run)
+            result.energy = run.measure_energy()
+            result.peak_rss_bytes = run.peak_rss()
+            return
+        except (RuntimeError, DeviceUnreachable) as err:
+            cause = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            done = len(result.samples_ms)
+            if link.local:
+                raise DeviceError(f"the TVM runtime failed running the artifact ({cause})") from err
+            if result.reconnects >= 1:
+                raise DeviceError(
+                    f"the connection to {link.label} dropped during the run and the retry failed "
+                    f"({cause}); the {done} finished repeats are kept in the report"
+                ) from err
+            result.reconnects += 1
+            session = None
+            log.warning(
+                "connection to %s dropped (%s); reconnecting once (%d repeats kept)",
+                link.label,
+                cause,
+                done,
+            )
+
+
+def _links(rpc: str | None, tracker: str | None, key: str | None, devices: int) -> tuple:
+    if rpc and tracker:
+        raise DeviceUnreachable("pass either --rpc or --rpc-tracker, not both")
+    if devices < 1:
+        raise DeviceUnreachable(f"--devices must be >= 1 (got {devices})")
+    if tracker:
+        return "tracker", tracker, rpc_mod.tracker_links(tracker, key or "", devices)
+    if devices != 1:
+        raise DeviceUnreachable("--devices N needs --rpc-tracker: one --rpc address is one board")
+    if rpc:
+        return "rpc", rpc, [rpc_mod.rpc_link(rpc)]
+    return "local", None, [rpc_mod.local_link()]
+
+
+def _record(report: BenchReport, board: BoardResult, art: Any, calibration_dir: Any) -> Path:
+    from dnsrec_edge.cost.records import append_measurement
+
+    energy = board.energy or {}
+    measured = energy.get("source") in MEASURED_SOURCES and energy.get("joules_per_inference")
+    record = {
+        "schema": 1,
+        "target": report.target,
+        "arch": report.archspec,
+        "batch": report.batch,
+        "seq_len": report.seq_len,
+        "latency_ms": board.latency_ms(),
+        "energy": {
+            "joules_per_inference": energy["joules_per_inference"],
+            "source": energy["source"],
+        }
+        if measured
+        else None,
+        "device": board.device,
+        "artifact_sha256": report.artifact_sha256,
+        "tuned": report.tuned,
+        "tool_version": __version__,
+        "tvm_version": art.manifest.get("tvm_version"),
+        "time": report.time,
+        "threads": board.threads,
+    }
+    return append_measurement(report.target, record, calibration_dir)
+
+
+def benchmark(
+    artifact: str | Path,
+    *,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    devices: int = 1,
+    threads: int | None = None,
+    warmup: int = 10,
+    repeat: int = 50,
+    number: int = 10,
+    energy: str = "auto",
+    out: str | Path | None = None,
+    record: bool = True,
+    calibration_dir: str | Path | None = None,
+    force: bool = False,
+    idle_baseline_s: float = 0.0,
+    energy_seconds: float = 1.0,
+    sysfs_root: str = "/",
+    on_run: Callable[[int], None] | None = None,
+) -> BenchReport:
+    """Benchmark a compiled artifact locally (no ``rpc``/``tracker``), on one RPC board, or
+    on ``devices`` boards of a tracker ``key``; return the report (saved to ``out`` if set).
+
+    ``threads`` overrides the target's thread count; ``repeat`` samples of ``number`` calls
+    are timed after ``warmup`` calls; ``energy`` is ``auto``, ``rapl``, ``hwmon[:NAME]``,
+    ``ina3221[:RAIL]``, ``command:CMD`` or ``model``; ``idle_baseline_s`` > 0 measures idle
+    power first and subtracts it; ``sysfs_root`` is where the board's ``/sys`` is mounted
+    (a container's view of the host, or a constructed tree in tests). ``on_run(i)`` is called after each timed chunk. A failure
+    raises the typed error with ``err.report``, the partial report (also saved to ``out``).
+    """
+    if importlib.util.find_spec("tvm") is None:
+        raise DeviceError(
+            "TVM is not installed in this Python, and the host needs it to drive a board; "
+            "install it with: pip install 'dnsrec-edge[tvm]'"
+        )
+    if repeat < 1 or number < 1 or warmup < 0:
+        raise DeviceError("--repeat and --number must be >= 1 and --warmup >= 0")
+    if out is not None:
+        ensure_new(out, force)
+    art = load_artifact(artifact, verify=True)
+    manifest = art.manifest
+    shape = manifest["inputs"][0]["shape"]
+    power, target_threads = _target_priors(manifest["target"])
+    opts = {
+        "threads": threads,
+        "target_threads": target_threads,
+        "warmup": warmup,
+        "repeat": repeat,
+        "number": number,
+        "energy": energy,
+        "power": power,
+        "idle_baseline_s": idle_baseline_s,
+        "energy_seconds": energy_seconds,
+        "sysfs_root": sysfs_root,
+    }
+    mode, address, links = _links(rpc, tracker, key, devices)
+    import tvm
+
+    tuning = manifest.get("tuning") or {}
+    report = BenchReport(
+        artifact=str(art.path),
+        artifact_sha256=manifest["files"]["lib.so"],
+        target=manifest["target"],
+        arch=rpc_mod.normalize_arch(manifest.get("arch")),
+        batch=int(shape[0]),
+        seq_len=int(shape[1]),
+        archspec=manifest.get("archspec"),
+        tuned=bool(tuning.get("trials") or tuning.get("scheduled_funcs")),
+        library_bytes=(Path(art.path) / "lib.so").stat().st_size,
+        mode=mode,
+        address=address,
+        key=key if mode == "tracker" else None,
+        host_tvm_version=tvm.__version__,
+        settings={k: v for k, v in opts.items() if k != "power"},
+    )
+    for link in links:
+        board = BoardResult(label=link.label)
+        report.boards.append(board)
+        try:
+            _bench_board(link, art, opts, board, on_run)
+        except DnsrecError as err:
+            board.error = report.error = str(err)
+            err.report = report  # type: ignore[attr-defined]
+            if out is not None:
+                report.save(out)
+            raise
+    report.complete = True
+    if out is not None:
+        report.save(out)
+    if record:
+        for board in report.boards:
+            if board.device.get("emulated"):
+                log.info("board %s is emulated: not recorded as a measurement", board.label)
+                continue
+            path = _record(report, board, art, calibration_dir)
+            log.info("recorded the measurement on %s in %s", board.label, path)
+    return report

@@ -1,0 +1,357 @@
+"""Calibration run: sample architectures, compile and measure each, fit the target's cost model.
+
+Each sampled architecture is built as a SASRec with random weights (latency does not depend
+on the weights), exported to ONNX at batch 1, compiled for the target with its default build
+(no tuning) and benchmarked; ``benchmark`` appends each measurement to the store. The model
+is then fitted on every record of the board and saved with its held-out error, beside the
+roofline prior's and the best FLOPs-only model's, and a predicted-vs-measured plot.
+
+Each measurement times single calls (``number=1``), so its ``min`` is the fastest call: the
+figure the code and the board determine. On a machine shared with other work the median
+moves with the load (on the 2-core machine this was made on, medians of one artifact varied
+by 2x between rounds while the fastest call stayed within a few percent).
+
+Example::
+
+    result = calibrate("x86_64", local=True, samples=40)
+    print(result.summary())
+    calibrate("x86_64", refit=True)      # refit from the records alone
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dnsrec_edge.cost.calibrated import CalibratedModel, TargetFacts, lookup_key
+from dnsrec_edge.cost.records import MODEL_FILE, board_key, load_records, store_dir
+from dnsrec_edge.cost.sampling import SearchSpace, sample_archs
+from dnsrec_edge.errors import CalibrationError, CompileError, OutputMismatch
+from dnsrec_edge.models.archspec import ArchSpec
+from dnsrec_edge.progress import track
+
+log = logging.getLogger(__name__)
+
+PLOT_FILE = "heldout.png"
+WARMUP = 5  # calls before timing, per measurement
+REPEAT = 200  # single calls timed per measurement
+
+
+@dataclass
+class CalibrationResult:
+    """What a calibration run or refit produced."""
+
+    target: str
+    model: CalibratedModel
+    model_path: Path
+    plot_path: Path | None
+    measured: int  # architectures measured in this run
+    skipped: int  # already measured on this board (resumed)
+    failed: list[str] = field(default_factory=list)  # one line per architecture that failed
+
+    def summary(self) -> str:
+        lines = [
+            f"target {self.target}: measured {self.measured} new architecture(s)"
+            + (f", {self.skipped} already measured" if self.skipped else "")
+            + (f", {len(self.failed)} failed" if self.failed else "")
+        ]
+        lines += [f"  failed: {line}" for line in self.failed]
+        records = len(self.model.meta.get("records", []))
+        lines.append(f"fitted on {records} record(s); " + self.model.describe())
+        lines.append(f"model: {self.model_path}")
+        if self.plot_path:
+            lines.append(f"plot:  {self.plot_path}")
+        return "\n".join(lines)
+
+
+def calibrate(
+    target: Any,
+    *,
+    local: bool = False,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    samples: int = 40,
+    refit: bool = False,
+    calibration_dir: str | Path | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+    rounds: int = 3,
+    threads: int | None = None,
+    statistic: str = "min",
+    space: SearchSpace | None = None,
+) -> CalibrationResult:
+    """Measure ``samples`` sampled architectures on the target (or only ``refit``) and fit.
+
+    Exactly one of ``local``, ``rpc`` ("host:port") or ``tracker`` ("host:port", with
+    ``key``) says where to measure, unless ``refit``. Each architecture is measured in
+    ``rounds`` interleaved rounds of ``REPEAT`` single calls, with ``threads`` TVM threads
+    (default: the target's, capped at the board's cores). Measurements already in the store
+    for the same board are not repeated, so an interrupted run resumes where it stopped.
+    The model fits ``statistic`` ("min" or "median") of each measurement.
+    """
+    facts = TargetFacts.of(target)
+    _check_model_file(facts, calibration_dir)
+    measured = skipped = 0
+    failed: list[str] = []
+    if not refit:
+        where = [
+            w for w, on in (("--local", local), ("--rpc", rpc), ("--rpc-tracker", tracker)) if on
+        ]
+        if len(where) != 1:
+            raise CalibrationError(
+                "say where to measure with exactly one of --local, --rpc HOST:PORT or "
+                f"--rpc-tracker HOST:PORT (got {', '.join(where) or 'none'}), or pass --refit"
+            )
+        if tracker and not key:
+            raise CalibrationError("--rpc-tracker needs --rpc-key KEY naming the board's key")
+        if samples < 1 or rounds < 1:
+            raise CalibrationError(
+                f"--samples and --rounds must be >= 1 (got {samples} and {rounds})"
+            )
+        archs = sample_archs(space or SearchSpace(), samples, seed=seed)
+        measured, skipped, failed = _measure(
+            archs,
+            facts.name,
+            rpc=rpc,
+            tracker=tracker,
+            key=key,
+            rounds=rounds,
+            threads=threads,
+            calibration_dir=calibration_dir,
+            seed=seed,
+            quiet=quiet,
+        )
+    records = load_records(facts.name, calibration_dir)
+    model = CalibratedModel.prior(facts).fit(records, statistic=statistic)
+    path = model.save(calibration_dir)
+    plot = plot_heldout(model, path.parent / PLOT_FILE)
+    model.meta["source"] = str(path)
+    return CalibrationResult(facts.name, model, path, plot, measured, skipped, failed)
+
+
+def _check_model_file(facts: TargetFacts, calibration_dir: str | Path | None) -> None:
+    """Refuse to replace a store's model file that is not a cost model of this target.
+
+    A model of this target (of any age or feature set) is what a refit replaces.
+    """
+    path = store_dir(calibration_dir) / facts.name / MODEL_FILE
+    if not path.is_file():
+        return
+    try:
+        made_for = json.loads(path.read_text(encoding="utf-8")).get("target")
+    except (OSError, ValueError, AttributeError) as err:
+        raise CalibrationError(
+            f"'{path}' is not a readable cost model ({err}); it is not replaced: "
+            "move it away, then run calibrate again"
+        ) from err
+    if made_for != facts.name:
+        raise CalibrationError(
+            f"'{path}' is a cost model for target '{made_for}', not '{facts.name}'; it is not "
+            "replaced: move it away, then run calibrate again"
+        )
+
+
+def write_prior(target: Any, calibration_dir: str | Path | None = None) -> Path:
+    """Write the target's roofline/power prior as its ``model.json`` (kind "prior")."""
+    return CalibratedModel.prior(TargetFacts.of(target)).save(calibration_dir)
+
+
+def measure_architecture(
+    arch: ArchSpec,
+    target: Any,
+    *,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    threads: int | None = None,
+    rounds: int = 3,
+    statistic: str = "min",
+    calibration_dir: str | Path | None = None,
+    seed: int = 0,
+) -> float:
+    """Compile ``arch`` (random weights) and measure it as calibration does; return the ms.
+
+    The result merges the rounds as a fit does (``min``: the fastest round; else the median
+    over rounds); every measurement is appended to the target's store (closing the loop:
+    the next fit uses it).
+    """
+    import statistics
+
+    name = TargetFacts.of(target).name
+    with tempfile.TemporaryDirectory(prefix="dnsrec-measure-") as tmp:
+        path = _compile_arch(arch, name, Path(tmp), seed)
+        reports = [
+            _bench(
+                path,
+                rpc=rpc,
+                tracker=tracker,
+                key=key,
+                threads=threads,
+                calibration_dir=calibration_dir,
+            )
+            for _ in range(rounds)
+        ]
+    values = [r.boards[0].latency_ms()[statistic] for r in reports]
+    return min(values) if statistic == "min" else statistics.median(values)
+
+
+def _compile_arch(arch: ArchSpec, target: str, folder: Path, seed: int) -> Path:
+    """Export a random-weight SASRec of ``arch`` and compile it (default build); the artifact."""
+    import torch
+
+    from dnsrec_edge.compile.build import compile as compile_onnx
+    from dnsrec_edge.export.onnx_export import export_onnx
+    from dnsrec_edge.models.sasrec import SASRec
+
+    torch.manual_seed(seed)
+    onnx_path = export_onnx(SASRec(arch).eval(), folder / "model.onnx", batch=1)
+    artifact = compile_onnx(
+        onnx_path, target=target, out_dir=folder / "artifact", batch=1, tune=False, quiet=True
+    )
+    return Path(artifact.path)
+
+
+def _bench(path: Path, *, rpc, tracker, key, threads, calibration_dir):
+    """One measurement of ``REPEAT`` single calls, recorded in the store; the BenchReport."""
+    from dnsrec_edge.bench.run import benchmark
+
+    return benchmark(
+        path,
+        rpc=rpc,
+        tracker=tracker,
+        key=key,
+        threads=threads,
+        warmup=WARMUP,
+        repeat=REPEAT,
+        number=1,
+        record=True,
+        calibration_dir=calibration_dir,
+    )
+
+
+def _measure(
+    archs, target: str, *, rpc, tracker, key, rounds, threads, calibration_dir, seed, quiet
+):
+    """Export and compile each architecture, then benchmark them all ``rounds`` times.
+
+    Rounds interleave the architectures, so a burst of load on a shared machine spreads over
+    many of them rather than skewing one; the fit takes the median over rounds (repeat
+    measurements of one artifact on one board are merged). ``benchmark`` appends every
+    measurement to the store as it finishes, so an interrupted run loses nothing.
+    """
+    counts: dict[tuple[str, str], int] = {}
+    for record in load_records(target, calibration_dir, warn=False):
+        if record.get("arch"):
+            k = (
+                lookup_key(record["arch"], record["batch"], record["seq_len"]),
+                board_key(record.get("device")),
+            )
+            counts[k] = counts.get(k, 0) + 1
+    board = None
+    measured, skipped, failed = 0, 0, []
+    with tempfile.TemporaryDirectory(prefix="dnsrec-calibrate-") as tmp:
+        artifacts = []
+        for i, arch in enumerate(track(archs, f"compiling for {target}", quiet=quiet)):
+            try:
+                path = _compile_arch(arch, target, Path(tmp) / f"arch{i:03d}", seed * 100003 + i)
+            except (CompileError, OutputMismatch) as err:
+                failed.append(f"{_describe(arch)}: {err}")
+                log.warning("architecture %d (%s) failed: %s", i, _describe(arch), err)
+                continue
+            artifacts.append((arch, path))
+        for r in range(rounds):
+            for arch, path in track(
+                artifacts, f"measuring, round {r + 1} of {rounds}", quiet=quiet
+            ):
+                arch_key = lookup_key(arch, 1, arch.max_len)
+                if board is not None and counts.get((arch_key, board), 0) > r:
+                    skipped += r == 0
+                    continue
+                try:
+                    report = _bench(
+                        path,
+                        rpc=rpc,
+                        tracker=tracker,
+                        key=key,
+                        threads=threads,
+                        calibration_dir=calibration_dir,
+                    )
+                except OutputMismatch as err:
+                    failed.append(f"{_describe(arch)}: {err}")
+                    log.warning("%s failed on the board: %s", _describe(arch), err)
+                    continue
+                board = board_key(report.boards[0].device)
+                measured += r == 0
+                stats = report.boards[0].latency_ms()
+                log.info(
+                    "%s: %.3f ms min, %.3f ms median",
+                    _describe(arch),
+                    stats["min"],
+                    stats["median"],
+                )
+    return measured, skipped, failed
+
+
+def _describe(arch) -> str:
+    blocks = " ".join(f"{b.heads}h/{b.ffn}f/{b.gate_hidden}g/{b.attention[0]}" for b in arch.blocks)
+    return f"items={arch.n_items} L={arch.max_len} [{blocks}]"
+
+
+def plot_heldout(model: CalibratedModel, path: Path) -> Path | None:
+    """Predicted (held-out) vs measured latency, with the prior's predictions, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from dnsrec_edge.fsio import atomic_write_bytes
+
+    preds = model.meta.get("predictions") or []
+    if not preds:
+        return None
+    meas = np.array([p["measured_ms"] for p in preds])
+    held = np.array([p["heldout_ms"] for p in preds])
+    prior = np.array([p["prior_ms"] for p in preds])
+    h, q = model.meta["heldout"], model.meta["prior_heldout"]
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    lo = min(meas.min(), held.min(), prior.min()) * 0.8
+    hi = max(meas.max(), held.max(), prior.max()) * 1.25
+    line = np.array([lo, hi])
+    ax.fill_between(line, line * 0.9, line * 1.1, color="0.9", label="±10 %")
+    ax.plot(line, line, color="0.5", lw=0.8)
+    ax.scatter(
+        meas,
+        held,
+        s=16,
+        label=f"calibrated, held out (MAPE {h['mape']:.1f} %, "
+        f"{100 * h['within10']:.0f} % within ±10 %)",
+    )
+    ax.scatter(
+        meas,
+        prior,
+        s=12,
+        marker="x",
+        color="tab:red",
+        label=f"roofline prior (MAPE {q['mape']:.0f} %)",
+    )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlim=(lo, hi),
+        ylim=(lo, hi),
+        xlabel="measured latency (ms)",
+        ylabel="predicted latency (ms)",
+        title=f"{model.target}: {h['n']} architectures, batch {model.batch}",
+    )
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        fig.savefig(Path(tmp) / "plot.png")
+        plt.close(fig)
+        return atomic_write_bytes(path, (Path(tmp) / "plot.png").read_bytes())

@@ -1,0 +1,126 @@
+"""``dnsrec-edge calibrate``: measure sampled architectures on a target and fit its cost model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("calibrate")
+@click.option("--target", "-t", required=True, help="Target name or alias (e.g. x86_64, arm64).")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Measure on this machine (the target must be this machine's kind).",
+)
+@click.option("--rpc", metavar="HOST:PORT", help="Measure on the board behind this TVM RPC server.")
+@click.option(
+    "--rpc-tracker",
+    "tracker",
+    metavar="HOST:PORT",
+    help="Measure on a board leased from this TVM RPC tracker.",
+)
+@click.option("--rpc-key", "key", metavar="KEY", help="Board key to ask the tracker for.")
+@click.option(
+    "--samples",
+    "-n",
+    default=40,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Architectures to sample (Latin hypercube over the search space), compile and measure.",
+)
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Times each architecture is measured, interleaved; the fit takes the median over rounds.",
+)
+@click.option(
+    "--show",
+    is_flag=True,
+    help="Measure and fit nothing: print the target's current cost model and its held-out error.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="TVM threads while measuring (default: the target's, capped at the board's cores).",
+)
+@click.option(
+    "--statistic",
+    type=click.Choice(["min", "median"]),
+    default="min",
+    show_default=True,
+    help="Latency figure the model predicts: the fastest of the timed calls (steady on a "
+    "shared machine) or their median.",
+)
+@click.option(
+    "--refit",
+    is_flag=True,
+    help="Measure nothing: refit the model from the records already stored.",
+)
+@click.option(
+    "--calibration-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Store to read records from and write the model to, instead of $DNSREC_EDGE_HOME/calibration "
+    "(the shipped calibration/ still underlies it).",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    help="Seed of the architecture sample and the random weights.",
+)
+@click.pass_context
+def calibrate_cmd(
+    ctx: click.Context,
+    target: str,
+    local: bool,
+    rpc: str | None,
+    tracker: str | None,
+    key: str | None,
+    samples: int,
+    refit: bool,
+    calibration_dir: Path | None,
+    seed: int,
+    rounds: int,
+    show: bool,
+    threads: int | None,
+    statistic: str,
+) -> None:
+    """Calibrate a target's latency/energy model from measurements, or refit it from records.
+
+    Prints the model's held-out accuracy (share within ±10 %, MAPE) beside the roofline
+    prior's and the best FLOPs-only fit's, and writes model.json and a predicted-vs-measured
+    plot into the store.
+    """
+    from dnsrec_edge.calibrate import calibrate
+
+    if show:
+        from dnsrec_edge.cost.calibrated import load_cost_model
+
+        click.echo(load_cost_model(target, calibration_dir).describe())
+        return
+
+    result = calibrate(
+        target,
+        local=local,
+        rpc=rpc,
+        tracker=tracker,
+        key=key,
+        samples=samples,
+        refit=refit,
+        calibration_dir=calibration_dir,
+        seed=seed,
+        rounds=rounds,
+        threads=threads,
+        statistic=statistic,
+        quiet=ctx.obj.get("quiet", False),
+    )
+    click.echo(result.summary())
+
+
+def register(group: click.Group) -> None:
+    """Add ``calibrate`` to the ``dnsrec-edge`` group."""
+    group.add_command(calibrate_cmd)

@@ -1,0 +1,139 @@
+"""``dnsrec-edge compile`` and ``dnsrec-edge targets list|show``: parse, call the API, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("compile")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "-t",
+    "--target",
+    default="arm64",
+    show_default=True,
+    help="Target name or alias (see `dnsrec-edge targets list`).",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Artifact folder [default: MODEL-TARGET beside the model].",
+)
+@click.option(
+    "--batch",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Batch size to compile for (static).",
+)
+@click.option(
+    "--seq-len",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Sequence length [default: the model's].",
+)
+@click.option(
+    "--tune", is_flag=True, help="Tune the heaviest kernels with MetaSchedule on this host."
+)
+@click.option(
+    "--trials",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Measured candidates for --tune.",
+)
+@click.option(
+    "--tuning-db",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Tuning database folder [default: one per target and model shapes under $DNSREC_EDGE_HOME/tuning].",
+)
+@click.option(
+    "--targets-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Extra folder of target TOML files [default: $DNSREC_EDGE_TARGETS_DIR].",
+)
+@click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
+@click.pass_context
+def compile_cmd(
+    ctx, model, target, out_dir, batch, seq_len, tune, trials, tuning_db, targets_dir, force
+):
+    """Compile an ONNX SASRec with Apache TVM for a hardware target.
+
+    Writes an artifact folder: lib.so (cross-linked for the target), manifest.json and an ONNX
+    Runtime reference input/output for on-device checks.
+    """
+    from dnsrec_edge.compile.build import compile as compile_model
+
+    quiet = ctx.obj.get("quiet", False)
+    result = compile_model(
+        model,
+        target,
+        out_dir,
+        batch=batch,
+        seq_len=seq_len,
+        tune=tune,
+        trials=trials,
+        tuning_db=tuning_db,
+        force=force,
+        quiet=quiet,
+        targets_dir=targets_dir,
+    )
+    m = result.manifest
+    click.echo(
+        f"{result.path}: {m['target']} ({m['arch']}/{m['device']}), "
+        f"{m['kernels']['scheduled']}/{m['kernels']['total']} kernels scheduled, "
+        f"{m['tuning']['scheduled_funcs']} from tuning records, {m['compile_seconds']} s"
+    )
+
+
+@click.group("targets")
+def targets_group():
+    """List and show hardware targets (targets/*.toml plus $DNSREC_EDGE_TARGETS_DIR)."""
+
+
+@targets_group.command("list")
+@click.option(
+    "--targets-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Extra folder of target TOML files.",
+)
+def targets_list(targets_dir):
+    """One line per target: name, aliases, arch, device, description."""
+    from dnsrec_edge.compile.targets import list_targets
+
+    for t in list_targets(targets_dir):
+        aliases = ", ".join(t.aliases)
+        click.echo(
+            f"{t.name:15s} {t.arch:8s} {t.device:5s} {t.description}"
+            + (f"  [{aliases}]" if aliases else "")
+        )
+
+
+@targets_group.command("show")
+@click.argument("name")
+@click.option(
+    "--targets-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Extra folder of target TOML files.",
+)
+def targets_show(name, targets_dir):
+    """Every field of one target as JSON (TVM dicts, compiler, priors and their sources)."""
+    from dnsrec_edge.compile.targets import load_target
+
+    click.echo(json.dumps(load_target(name, targets_dir).to_dict(), indent=2))
+
+
+def register(group: click.Group) -> None:
+    """Add ``compile`` and ``targets`` to the top-level command group."""
+    group.add_command(compile_cmd)
+    group.add_command(targets_group)

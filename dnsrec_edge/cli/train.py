@@ -1,0 +1,272 @@
+"""``dnsrec-edge train`` and ``dnsrec-edge evaluate``: the SASRec baseline and its metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dnsrec_edge.cli.data import columns_from, dataset_options
+
+LOSS_CHOICES = ("ce", "sampled", "bce")
+PART_CHOICES = ("valid", "test")
+
+
+def print_metrics(metrics: dict, title: str) -> None:
+    """Rich table: rows protocol x part, columns HR@10, NDCG@10, MRR@10."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("protocol")
+    table.add_column("part")
+    keys = ("hr@10", "ndcg@10", "mrr@10")
+    for key in keys:
+        table.add_column(key.upper(), justify="right")
+    protocols = next(iter(metrics.values())).keys()
+    for protocol in protocols:
+        for part, by_protocol in metrics.items():
+            row = by_protocol[protocol]
+            table.add_row(protocol, part, *(f"{row[k]:.4f}" for k in keys))
+    Console().print(table)
+
+
+@click.command("train")
+@click.option(
+    "--dataset",
+    "dataset_name",
+    default="ml-100k",
+    show_default=True,
+    help="Registered dataset name (ml-1m, ml-100k, ml-latest-small) or interaction file.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Run folder for config, checkpoints, history and metrics.",
+)
+@dataset_options
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Maximum epochs (the cosine schedule decays over them).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Users per batch.",
+)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak Adam learning rate.")
+@click.option(
+    "--warmup-epochs", type=float, default=0.0, show_default=True, help="Linear warm-up length."
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(("constant", "cosine")),
+    default="constant",
+    show_default=True,
+    help="Learning-rate schedule after warm-up.",
+)
+@click.option(
+    "--loss",
+    type=click.Choice(LOSS_CHOICES),
+    default="ce",
+    show_default=True,
+    help="ce: full softmax; sampled: shared negatives with logQ; bce: SASRec's original.",
+)
+@click.option(
+    "--negatives",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Negatives per batch (sampled) or per position (bce).",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(("uniform", "pop")),
+    default="uniform",
+    show_default=True,
+    help="Proposal of the sampled loss.",
+)
+@click.option(
+    "--max-len", type=click.IntRange(min=1), default=200, show_default=True, help="Sequence length."
+)
+@click.option(
+    "--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Embedding width."
+)
+@click.option(
+    "--blocks", type=click.IntRange(min=1), default=2, show_default=True, help="Transformer blocks."
+)
+@click.option(
+    "--heads", type=click.IntRange(min=1), default=1, show_default=True, help="Attention heads."
+)
+@click.option(
+    "--dropout", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Dropout rate."
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Stop after this many epochs without a better valid NDCG@10.",
+)
+@click.option(
+    "--max-minutes",
+    type=float,
+    default=None,
+    help="Stop after the epoch that passes this wall time.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Torch threads (default: all cores).",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Start over in an existing --out folder.")
+@click.pass_context
+def train_cmd(
+    ctx,
+    dataset_name,
+    out_dir,
+    min_count,
+    fmt,
+    user_col,
+    item_col,
+    time_col,
+    resume,
+    force,
+    **settings,
+) -> None:
+    """Train the SASRec baseline on a dataset and print HR/NDCG/MRR@10 for valid and test."""
+    from dnsrec_edge.data.load import load_dataset
+    from dnsrec_edge.fsio import ensure_new
+    from dnsrec_edge.train.trainer import TrainConfig, train_baseline
+
+    quiet = ctx.obj.get("quiet", False)
+    if not resume:
+        ensure_new(out_dir, force)  # refuse early, before loading data
+    elif not quiet:
+        click.echo("resuming: the run folder's saved training settings are used", err=True)
+    config = TrainConfig(**settings)
+    dataset = load_dataset(
+        dataset_name,
+        min_count=min_count,
+        fmt=fmt,
+        columns=columns_from(user_col, item_col, time_col),
+        quiet=quiet,
+    )
+    if not quiet:
+        click.echo(
+            f"dataset {dataset.name}: {dataset.n_users:,} users, {dataset.n_items:,} items, "
+            f"{dataset.n_interactions:,} interactions ({min_count}-core)",
+            err=True,
+        )
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
+        click.echo(f"settings: {shown}; run folder {out_dir}", err=True)
+    result = train_baseline(dataset, out_dir, config, quiet=quiet, resume=resume, force=force)
+    print_metrics(
+        result.metrics,
+        f"{dataset.name}: SASRec, best epoch {result.best_epoch} of "
+        f"{result.epochs}, {result.train_seconds / 60:.1f} min",
+    )
+    click.echo(f"checkpoint: {Path(out_dir) / 'model.pt'}")
+
+
+@click.command("evaluate")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--dataset",
+    "dataset_name",
+    default=None,
+    help="Dataset name or file (default: the one the checkpoint was trained on).",
+)
+@dataset_options
+@click.option(
+    "--part",
+    type=click.Choice(PART_CHOICES),
+    multiple=True,
+    help="valid and/or test (default both).",
+)
+@click.option(
+    "--include-seen", is_flag=True, help="Rank items the user already saw too (full and sampled)."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the sampled negatives."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Torch threads (default: all cores).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.pass_context
+def evaluate_cmd(
+    ctx,
+    checkpoint,
+    dataset_name,
+    min_count,
+    fmt,
+    user_col,
+    item_col,
+    time_col,
+    part,
+    include_seen,
+    seed,
+    threads,
+    as_json,
+) -> None:
+    """Evaluate CHECKPOINT (a model.pt or a run folder) under full, uni100 and pop100."""
+    import json
+
+    from dnsrec_edge.data.load import load_dataset
+    from dnsrec_edge.evaluate import evaluate
+    from dnsrec_edge.train.checkpoint import load_checkpoint, read_checkpoint
+    from dnsrec_edge.train.trainer import set_threads
+
+    quiet = ctx.obj.get("quiet", False)
+    set_threads(threads)
+    path = checkpoint / "model.pt" if checkpoint.is_dir() else checkpoint
+    extra = read_checkpoint(path).get("extra", {})
+    columns = columns_from(user_col, item_col, time_col)
+    name = dataset_name
+    if name is None:  # the checkpoint's own dataset, read and preprocessed as it was
+        source = extra.get("dataset_source", {})
+        name = source.get("path") or extra.get("dataset_name")
+        fmt, columns = source.get("format", fmt), source.get("columns", columns)
+        min_count = extra.get("min_count", min_count)
+    if name is None:
+        raise click.UsageError("the checkpoint does not name its dataset; pass --dataset")
+    dataset = load_dataset(name, min_count=min_count, fmt=fmt, columns=columns, quiet=quiet)
+    model, _ = load_checkpoint(
+        path, dataset_fingerprint=dataset.fingerprint, dataset_name=dataset.name
+    )
+    max_len = model.arch.max_len if hasattr(model, "arch") else extra.get("max_len", 200)
+    metrics = {
+        p: evaluate(
+            model.predict,
+            dataset,
+            p,
+            max_len,
+            exclude_seen=not include_seen,
+            seed=seed,
+            quiet=quiet,
+        )
+        for p in (part or PART_CHOICES)
+    }
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        print_metrics(metrics, f"{dataset.name}: {path}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(train_cmd)
+    group.add_command(evaluate_cmd)

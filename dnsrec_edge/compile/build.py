@@ -1,0 +1,353 @@
+"""``compile``: ONNX model -> TVM library for one target, cross-linked, checked, self-described.
+
+Steps: resolve the target and check its cross compiler; load and check the ONNX file; pin
+static shapes and import into Relax; legalise and fuse; schedule (tuned records from the
+database where they exist, the default CPU rules or dlight GPU rules for the rest); build;
+link with the target's compiler; check the library's ELF machine; compare with ONNX Runtime
+when the library can run here; write the artifact folder atomically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dnsrec_edge import __version__
+from dnsrec_edge.compile import artifact as art
+from dnsrec_edge.compile.elf import elf_machine
+from dnsrec_edge.compile.onnx_io import (
+    OnnxModel,
+    check_operators,
+    fold_static,
+    load_onnx,
+    reference_input,
+    run_onnxruntime,
+    static_shape,
+)
+from dnsrec_edge.compile.targets import Target, load_target
+from dnsrec_edge.errors import CompileError, OutputMismatch
+from dnsrec_edge.fsio import atomic_write_json, ensure_new
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-4  # max abs difference from ONNX Runtime
+TOPK = 10
+
+
+def import_relax(model: OnnxModel, shape: list[int]):
+    """The Relax module of ``model`` with its input pinned to ``shape``."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    folded = fold_static(model, shape)
+    try:
+        return from_onnx(folded, shape_dict={model.input_name: shape}, keep_params_in_input=False)
+    except Exception as err:  # the importer raises assorted untyped errors
+        raise CompileError(
+            f"TVM could not import '{model.path}' ({type(err).__name__}: {str(err).splitlines()[-1][:200]}); "
+            "check that the model exports with opset >= 13 and static shapes"
+        ) from err
+
+
+def lower_to_tir(mod, tvm_target):
+    """Legalise Relax ops into fused TIR kernels (what tuning and scheduling work on)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    # (the CUDA backend's own legalize step also schedules; ours schedules separately)
+    passes = [
+        *_backend(tvm_target).library_dispatch_passes(tvm_target),
+        relax.transform.DecomposeOpsForInference(),
+        # exp/softmax as polynomials that vectorise (libm's expf does not); error < 1e-6
+        relax.transform.FastMathTransform(),
+        *cpu.legalize_passes(tvm_target),
+    ]
+    with tvm_target:
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def schedule_module(mod, target: Target, tvm_target, database=None):
+    """Apply tuned records (if any), then default schedules to what is left. Returns the module."""
+    import tvm
+    from tvm import relax
+
+    if database is not None:
+        with tvm_target, database, tvm.transform.PassContext(opt_level=3):
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    if target.device == "cuda":
+        from tvm.s_tir import dlight as dl
+
+        with tvm_target:
+            mod = dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(),
+                dl.gpu.GEMV(),
+                dl.gpu.Reduction(),
+                dl.gpu.GeneralReduction(),
+                dl.gpu.Fallback(),
+            )(mod)
+    else:
+        from dnsrec_edge.compile.schedules import apply_default_schedules
+
+        mod = apply_default_schedules(mod, tvm_target, target.threads)
+    return mod
+
+
+def _backend(tvm_target):
+    """TVM's pipeline module for the target's device (CPU or CUDA)."""
+    if tvm_target.kind.name == "cuda":
+        from tvm.relax.backend.cuda import pipeline
+    else:
+        from tvm.relax.backend.cpu_generic import pipeline
+    return pipeline
+
+
+def build_executable(mod, tvm_target):
+    """Finish the Relax pipeline on a scheduled module and generate code."""
+    import tvm
+
+    backend = _backend(tvm_target)
+
+    @tvm.transform.module_pass(opt_level=0, name="DnsrecFinalize")
+    def finalize(mod, _ctx):
+        with tvm_target:
+            seq = backend.dataflow_lower_passes(tvm_target) + backend.finalize_passes(tvm_target)
+            return tvm.transform.Sequential(seq)(mod)
+
+    return tvm.compile(mod, target=tvm_target, relax_pipeline=finalize)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for key, dist in (
+        ("tvm_version", "apache-tvm"),
+        ("onnx_version", "onnx"),
+        ("onnxruntime_version", "onnxruntime"),
+    ):
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = "unknown"
+    return out
+
+
+def _settings_table(settings: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="compile settings", show_header=False, box=None)
+    for key, value in settings.items():
+        table.add_row(f"[bold]{key}[/bold]", str(value))
+    Console(stderr=True).print(table)
+
+
+def compare_outputs(got: np.ndarray, ref: np.ndarray, what: str) -> float:
+    """Max abs difference; ``OutputMismatch`` beyond :data:`TOLERANCE` or on a top-10 change."""
+    if got.shape != ref.shape:
+        raise OutputMismatch(
+            f"{what} output shape {got.shape} differs from ONNX Runtime's {ref.shape}"
+        )
+    diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+    k = min(TOPK, ref.shape[-1])
+    top_got = np.argsort(-got, axis=-1, kind="stable")[..., :k]
+    top_ref = np.argsort(-ref, axis=-1, kind="stable")[..., :k]
+    rows_bad = int(np.sum(np.any(top_got != top_ref, axis=-1)))
+    if diff > TOLERANCE or rows_bad:
+        raise OutputMismatch(
+            f"{what} differs from ONNX Runtime (max abs diff {diff:.3g}, tolerance {TOLERANCE}; "
+            f"top-{k} differs in {rows_bad} row(s)); report this with the ONNX file"
+        )
+    return diff
+
+
+def compile(  # the public name the contract fixes (shadows the builtin here only)
+    onnx_path: str | Path,
+    target: str | Target = "arm64",
+    out_dir: str | Path | None = None,
+    *,
+    batch: int = 1,
+    seq_len: int | None = None,
+    tune: bool = False,
+    trials: int = 256,
+    tuning_db: str | Path | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    targets_dir: str | Path | None = None,
+) -> art.Artifact:
+    """Compile an ONNX SASRec for ``target`` into an artifact folder and return it.
+
+    ``tune`` runs MetaSchedule for up to ``trials`` measured candidates (on this host; the
+    target must then match it) into a persistent database (``tuning_db`` or one per target
+    and model shapes under the user store); an existing database is applied even without
+    ``tune``. ``out_dir`` defaults to ``<model>-<target>`` beside the ONNX file.
+    """
+    from dnsrec_edge.compile import tuning
+
+    started = time.perf_counter()
+    tgt = target if isinstance(target, Target) else load_target(target, targets_dir)
+    onnx_path = Path(onnx_path)
+    out = (
+        Path(out_dir)
+        if out_dir is not None
+        else onnx_path.with_name(f"{onnx_path.stem}-{tgt.name}")
+    )
+    ensure_new(out, force)
+    compiler = tgt.check_cross_compiler()
+    if tune:
+        tuning.check_can_tune(tgt)
+
+    model = load_onnx(onnx_path)
+    shape = static_shape(model, batch, seq_len)
+    check_operators(model)
+    tvm_target = tgt.tvm_target()
+    db_path = Path(tuning_db) if tuning_db is not None else None
+
+    settings = {
+        "model": onnx_path,
+        "target": f"{tgt.name} ({tgt.description})",
+        "tvm target": tgt.tvm,
+        "host": tgt.host or "(same as target)",
+        "arch / device": f"{tgt.arch} / {tgt.device}",
+        "linker": f"{compiler} ({tgt.deb_package})",
+        "input": f"{model.input_name} int64 {shape}",
+        "threads": tgt.threads,
+        "tuning": f"{trials} trials" if tune else "off (default schedules)",
+        "output": out,
+        "tuning database": db_path
+        or f"one per target and model shapes under {tuning.database_root()}",
+    }
+    if not quiet:
+        _settings_table(settings)
+
+    mod = import_relax(model, shape)
+    mod = lower_to_tir(mod, tvm_target)
+    if db_path is None:
+        db_path = tuning.default_database_dir(tgt, mod)
+    log.info("tuning database: %s", db_path)
+
+    tune_info = {"database": None, "trials": 0, "scheduled_funcs": 0, "seconds": 0.0}
+    database = None
+    if tune:
+        t0 = time.perf_counter()
+        database = tuning.tune(mod, tgt, tvm_target, db_path, trials, quiet=quiet)
+        tune_info.update(trials=trials, seconds=round(time.perf_counter() - t0, 1))
+    elif tuning.database_exists(db_path):
+        database = tuning.open_database(db_path)
+    if database is not None:
+        tune_info["database"] = str(db_path)
+    from dnsrec_edge.compile.schedules import count_scheduled
+
+    if database is not None:
+        mod_tuned = schedule_module(mod, tgt, tvm_target, database)
+        tune_info["scheduled_funcs"] = tuning.count_from_database(mod, tvm_target, database)
+        mod = mod_tuned
+    else:
+        mod = schedule_module(mod, tgt, tvm_target)
+    scheduled, total = count_scheduled(mod)
+    log.info(
+        "%d of %d kernels scheduled (%d from the tuning database)",
+        scheduled,
+        total,
+        tune_info["scheduled_funcs"],
+    )
+
+    try:
+        executable = build_executable(mod, tvm_target)
+    except Exception as err:  # TVM's codegen errors are untyped
+        raise CompileError(
+            f"TVM could not build '{onnx_path}' for target '{tgt.name}' ({str(err).splitlines()[-1][:200]})"
+        ) from err
+
+    ref_in = reference_input(model, shape, n_items=_n_items(model, shape))
+    ref_out = run_onnxruntime(model, ref_in)[0]
+
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None)
+    )
+    try:
+        lib = tmp / art.LIBRARY
+        _export(executable, lib, compiler, tgt)
+        found = elf_machine(lib)
+        if found != tgt.arch:
+            raise CompileError(
+                f"the library built for '{tgt.name}' is {found} code, not {tgt.arch}; "
+                f"check the target's mtriple and cross compiler '{tgt.cross_compiler}'"
+            )
+        np.save(tmp / art.REFERENCE_INPUT, ref_in)
+        np.save(tmp / art.REFERENCE_OUTPUT, ref_out)
+        manifest = {
+            "schema": art.SCHEMA,
+            "tool_version": __version__,
+            **_versions(),
+            "target": tgt.name,
+            "target_dict": tgt.tvm,
+            "host_dict": tgt.host,
+            "arch": tgt.arch,
+            "device": tgt.device,
+            "threads": tgt.threads,
+            "inputs": [{"name": model.input_name, "shape": shape, "dtype": "int64"}],
+            "outputs": [
+                {
+                    "name": model.output_names[0],
+                    "shape": list(ref_out.shape),
+                    "dtype": str(ref_out.dtype),
+                }
+            ],
+            "files": {
+                name: art.sha256_file(tmp / name)
+                for name in (art.LIBRARY, art.REFERENCE_INPUT, art.REFERENCE_OUTPUT)
+            },
+            "onnx_sha256": art.sha256_file(onnx_path),
+            "archspec": model.archspec,
+            "tuning": tune_info,
+            "kernels": {"scheduled": scheduled, "total": total},
+            "compile_seconds": round(time.perf_counter() - started, 2),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "entry": "main",
+        }
+        atomic_write_json(tmp / art.MANIFEST, manifest)
+        result = art.Artifact(path=tmp, manifest=manifest)
+        if result.runs_here():
+            diff = compare_outputs(
+                result.run_local(ref_in), ref_out, f"the {tgt.name} build of '{onnx_path}'"
+            )
+            log.info("matches ONNX Runtime: max abs diff %.2g, identical top-%d", diff, TOPK)
+        if out.exists():  # only reachable with force
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return art.load_artifact(out)
+
+
+def _n_items(model: OnnxModel, shape: list[int]) -> int:
+    spec = model.archspec
+    if spec and "n_items" in spec:
+        return int(spec["n_items"])
+    # fall back on the score width: run once on padding only
+    return int(run_onnxruntime(model, np.zeros(shape, dtype=np.int64))[0].shape[-1])
+
+
+def _export(executable, lib: Path, compiler: str | None, tgt: Target) -> None:
+    from tvm.support import cc
+
+    local = tgt.arch == platform.machine() and tgt.cross_compiler in (None, "gcc", "g++", "cc")
+    try:
+        if local:
+            executable.export_library(str(lib))
+        else:
+            executable.export_library(str(lib), fcompile=cc.cross_compiler(compiler))
+    except Exception as err:  # the linker's failures come back as untyped errors
+        raise CompileError(
+            f"linking the library for '{tgt.name}' with '{tgt.cross_compiler}' failed "
+            f"({str(err).strip().splitlines()[-1][:200]}); check that {tgt.deb_package} is complete"
+        ) from err

@@ -1,0 +1,197 @@
+"""Hardware targets: named presets read from ``targets/*.toml`` into frozen :class:`Target`s.
+
+Shipped presets live in the repository's ``targets/`` folder. Users add a board by writing one
+more TOML file (same keys as the shipped ones) into a folder named by ``$DNSREC_EDGE_TARGETS_DIR``
+or passed as ``targets_dir``; a user file with a shipped name replaces the shipped preset.
+Aliases (``aarch64`` -> ``arm64``) are resolved here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dnsrec_edge import paths
+from dnsrec_edge.errors import CrossCompilerMissing, InputFileError, UnknownTarget
+
+TARGETS_ENV = "DNSREC_EDGE_TARGETS_DIR"
+ARCHES = ("x86_64", "aarch64", "riscv64")
+DEVICES = ("cpu", "cuda")
+_REQUIRED = (
+    "name", "description", "arch", "device", "threads", "rpc_key", "peak_gflops",
+    "mem_gbps", "idle_watts", "active_watts", "tvm", "sources",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Target:
+    """One hardware target: how TVM compiles for it, how to link, and cost/power priors."""
+
+    name: str
+    description: str
+    tvm: dict[str, Any]
+    arch: str  # `uname -m` of the board: x86_64, aarch64, riscv64
+    device: str  # "cpu" or "cuda"
+    threads: int
+    peak_gflops: float
+    mem_gbps: float
+    idle_watts: float
+    active_watts: float
+    rpc_key: str
+    aliases: tuple[str, ...] = ()
+    host: dict[str, Any] | None = None
+    cross_compiler: str | None = None
+    deb_package: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None  # the TOML file it came from
+
+    def tvm_target(self):
+        """The ``tvm.target.Target`` (with its host for GPU targets)."""
+        import tvm
+
+        host = tvm.target.Target(self.host) if self.host else None
+        return tvm.target.Target(self.tvm, host=host)
+
+    @property
+    def host_arch(self) -> str:
+        """Architecture of the CPU code in the library (the board's CPU)."""
+        return self.arch
+
+    def check_cross_compiler(self) -> str | None:
+        """Path of the linker this target needs; ``CrossCompilerMissing`` if it is absent."""
+        if self.device == "cuda" and shutil.which("nvcc") is None:
+            raise CrossCompilerMissing(
+                f"target '{self.name}' compiles its GPU kernels with 'nvcc', which is not on PATH; "
+                "install the CUDA toolkit (Debian: sudo apt-get install nvidia-cuda-toolkit)"
+            )
+        if not self.cross_compiler:
+            return None
+        found = shutil.which(self.cross_compiler)
+        if found is None:
+            package = self.deb_package or "the package that provides it"
+            raise CrossCompilerMissing(
+                f"target '{self.name}' links with '{self.cross_compiler}', which is not installed; "
+                f"install it with: sudo apt-get install {package}"
+            )
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (for ``targets show`` and manifests)."""
+        return {
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "description": self.description,
+            "arch": self.arch,
+            "device": self.device,
+            "tvm": self.tvm,
+            "host": self.host,
+            "cross_compiler": self.cross_compiler,
+            "deb_package": self.deb_package,
+            "threads": self.threads,
+            "rpc_key": self.rpc_key,
+            "peak_gflops": self.peak_gflops,
+            "mem_gbps": self.mem_gbps,
+            "idle_watts": self.idle_watts,
+            "active_watts": self.active_watts,
+            "sources": self.sources,
+            "path": str(self.path) if self.path else None,
+        }
+
+
+def _parse(path: Path) -> Target:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputFileError(f"cannot read target file '{path}' ({err}); fix or remove it") from err
+    except tomllib.TOMLDecodeError as err:
+        raise InputFileError(
+            f"target file '{path}' is not valid TOML ({err}); fix or remove it"
+        ) from err
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise InputFileError(
+            f"target file '{path}' lacks {', '.join(missing)}; copy a shipped file from "
+            f"'{paths.targets_dir()}' as a template"
+        )
+    problems = []
+    if data["arch"] not in ARCHES:
+        problems.append(f"arch '{data['arch']}' is not one of {', '.join(ARCHES)}")
+    if data["device"] not in DEVICES:
+        problems.append(f"device '{data['device']}' is not one of {', '.join(DEVICES)}")
+    if not isinstance(data["tvm"], dict) or "kind" not in data["tvm"]:
+        problems.append("[tvm] must be a table with a 'kind'")
+    if data["device"] == "cuda" and not isinstance(data.get("host"), dict):
+        problems.append("a cuda target needs a [host] table (the board's CPU)")
+    if not isinstance(data["threads"], int) or data["threads"] < 1:
+        problems.append(f"threads must be a positive integer (got {data['threads']!r})")
+    if problems:
+        raise InputFileError(f"target file '{path}': " + "; ".join(problems))
+    try:
+        return Target(
+            name=str(data["name"]),
+            aliases=tuple(str(a) for a in data.get("aliases", ())),
+            description=str(data["description"]),
+            tvm=dict(data["tvm"]),
+            host=dict(data["host"]) if data.get("host") else None,
+            arch=data["arch"],
+            device=data["device"],
+            cross_compiler=data.get("cross_compiler"),
+            deb_package=data.get("deb_package"),
+            threads=int(data["threads"]),
+            peak_gflops=float(data["peak_gflops"]),
+            mem_gbps=float(data["mem_gbps"]),
+            idle_watts=float(data["idle_watts"]),
+            active_watts=float(data["active_watts"]),
+            sources={str(k): str(v) for k, v in data["sources"].items()},
+            rpc_key=str(data["rpc_key"]),
+            path=path,
+        )
+    except (TypeError, ValueError) as err:
+        raise InputFileError(f"target file '{path}' has a malformed value ({err})") from err
+
+
+def _search_dirs(targets_dir: str | Path | None) -> list[Path]:
+    dirs = [paths.targets_dir()]
+    extra = targets_dir if targets_dir is not None else os.environ.get(TARGETS_ENV)
+    if extra:
+        extra = Path(extra).expanduser()
+        if not extra.is_dir():
+            raise InputFileError(
+                f"targets folder '{extra}' does not exist; create it or fix {TARGETS_ENV}"
+            )
+        dirs.append(extra)
+    return dirs
+
+
+def list_targets(targets_dir: str | Path | None = None) -> list[Target]:
+    """Every known target, sorted by name; user files override shipped ones of the same name."""
+    found: dict[str, Target] = {}
+    for folder in _search_dirs(targets_dir):
+        for path in sorted(folder.glob("*.toml")):
+            target = _parse(path)
+            found[target.name] = target
+    return sorted(found.values(), key=lambda t: t.name)
+
+
+def load_target(name_or_alias: str, targets_dir: str | Path | None = None) -> Target:
+    """The target called ``name_or_alias``; ``UnknownTarget`` lists the known ones."""
+    targets = list_targets(targets_dir)
+    for target in targets:
+        if name_or_alias == target.name:
+            return target
+    for target in targets:
+        if name_or_alias in target.aliases:
+            return target
+    err = UnknownTarget(name_or_alias, [t.name for t in targets])
+    if "did you mean" not in str(err):  # no close name: try the aliases
+        aliases = [a for t in targets for a in t.aliases]
+        close = difflib.get_close_matches(name_or_alias, aliases, n=1)
+        if close:
+            owner = next(t.name for t in targets if close[0] in t.aliases)
+            err.args = (f"{err.args[0]} (did you mean {owner}?)",)
+    raise err

@@ -1,0 +1,598 @@
+"""Per-target latency and energy model, fitted from measurement records.
+
+latency_ms = sum_f coefficient_f * feature_f(arch), every coefficient >= 0. The features
+follow what makes a batch-1 call take time on a CPU with the toolkit's TVM build:
+
+- ``overhead`` (1 per call) and ``kernels`` (launches: argument checks, allocation);
+- matmul GFLOPs split by how the kernel runs. A matmul's output columns are vectorised
+  when their count N is a multiple of 8 (full tiles) or of 4 (half tiles, counted twice);
+  otherwise the kernel runs scalar code, several times slower per FLOP. Row-vector
+  products (``gemv``: one row, e.g. the scoring layer and the last block at batch 1) stream
+  their weights and cost more per FLOP than many-row ``gemm``. Scalar kernels above
+  ``PARALLEL_MIN_MACS`` go through the thread pool, which the compiler's schedule handles
+  worse again, so they have their own feature. The scoring layer's N is the item count:
+  an odd item count makes scoring scalar, which can dominate a small model's latency;
+- ``softmax_par_gflop`` (softmax-class kernels big enough to run in the thread pool) and
+  ``other_gflop`` (every other elementwise FLOP: masks, LayerNorm, gates, residuals).
+
+Coefficients are fitted by non-negative least squares on relative error, so each is a plain
+figure (ms per call, ms per kernel, ms per GFLOP). Energy is fitted the same way from records
+with a measured energy source, or else taken as the target's active power times the
+predicted latency. Without records the model is the target's roofline prior (peak GFLOP/s,
+memory GB/s, a default launch cost).
+
+Example::
+
+    model = load_cost_model("x86_64")
+    model.predict(arch)            # Cost(flops=..., latency_ms=..., energy_mj=...)
+    refit = model.fit(load_records("x86_64"))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dnsrec_edge import __version__
+from dnsrec_edge.cost.analysis import Work, analyze
+from dnsrec_edge.cost.model import Cost
+from dnsrec_edge.cost.records import (
+    MODEL_FILE,
+    board_key,
+    merge_duplicates,
+    record_id,
+    store_dir,
+    store_folders,
+)
+from dnsrec_edge.errors import ArchSpecError, CalibrationError
+from dnsrec_edge.fsio import atomic_write_json
+from dnsrec_edge.models.archspec import ArchSpec
+
+log = logging.getLogger(__name__)
+
+MODEL_SCHEMA = 1
+MIN_RECORDS = 12  # fewest distinct measured architectures a fit accepts (features + 2)
+FOLDS = 5
+# The latency figure a model predicts: "min" (the fastest of many single-call samples: what
+# the code and the board determine, steady when other processes share the CPU) or "median".
+STATISTICS = ("min", "median")
+FEATURES = (
+    "overhead",
+    "kernels",
+    "gemm_gflop",
+    "gemv_gflop",
+    "gemm_scalar_gflop",
+    "gemv_scalar_gflop",
+    "gemm_scalar_par_gflop",
+    "gemv_scalar_par_gflop",
+    "softmax_par_gflop",
+    "other_gflop",
+)
+UNITS = {f: "ms per GFLOP" for f in FEATURES} | {
+    "overhead": "ms per call",
+    "kernels": "ms per kernel",
+}
+# Matmuls of at least this many multiply-adds, and elementwise kernels of at least a quarter
+# as many elements, run through the thread pool (the compile area's PARALLEL_MIN_WORK).
+PARALLEL_MIN_MACS = 1 << 17
+DEFAULT_KERNEL_MS = 0.002  # prior launch cost per kernel
+DEFAULT_OVERHEAD_MS = 0.01  # prior fixed cost of one call (argument copy, VM dispatch)
+SCALAR_PENALTY = 4.0  # prior: scalar code uses one of (at least) four SIMD lanes
+MEASURED_ENERGY = ("rapl", "hwmon", "command", "meter", "ina")  # not "model": that is a prior
+
+
+def _tile_weight(n: int) -> int:
+    """1 for full vector tiles (N % 8 == 0), 2 for half tiles (N % 4 == 0), 0 for scalar."""
+    return 1 if n % 8 == 0 else 2 if n % 4 == 0 else 0
+
+
+def features(work: Work) -> dict[str, float]:
+    """Model features of one ``predict`` call's work (see the module docstring)."""
+    out = dict.fromkeys(FEATURES, 0.0)
+    out["overhead"] = 1.0
+    out["kernels"] = float(work.kernels)
+    for mm in work.matmuls:
+        shape = "gemv" if mm.m == 1 else "gemm"
+        weight = _tile_weight(mm.n)
+        if weight:
+            out[f"{shape}_gflop"] += weight * mm.flops / 1e9
+        else:
+            par = "_par" if mm.macs >= PARALLEL_MIN_MACS else ""
+            out[f"{shape}_scalar{par}_gflop"] += mm.flops / 1e9
+    par_rows = sum(r.flops for r in work.row_kernels if 4 * r.elements >= PARALLEL_MIN_MACS)
+    out["softmax_par_gflop"] = par_rows / 1e9
+    out["other_gflop"] = (work.flops - work.matmul_flops - par_rows) / 1e9
+    return out
+
+
+def lookup_key(arch: dict[str, Any] | ArchSpec, batch: int, seq_len: int) -> str:
+    """Key of an exact (architecture, batch, sequence length) in the lookup table."""
+    spec = arch if isinstance(arch, ArchSpec) else ArchSpec.from_dict(arch)
+    body = {"arch": spec.to_dict(), "batch": int(batch), "seq_len": int(seq_len)}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class TargetFacts:
+    """What the prior needs from a Target: name, roofline and power figures."""
+
+    name: str
+    peak_gflops: float
+    mem_gbps: float
+    idle_watts: float
+    active_watts: float
+
+    @classmethod
+    def of(cls, target: Any) -> TargetFacts:
+        """From a ``Target``, a target name or alias (read from ``targets/``), or a dict."""
+        if isinstance(target, TargetFacts):
+            return target
+        if isinstance(target, str):
+            from dnsrec_edge.compile.targets import load_target  # data only; no TVM import
+
+            target = load_target(target)
+        get = target.get if isinstance(target, dict) else lambda k: getattr(target, k)
+        return cls(
+            str(get("name")),
+            float(get("peak_gflops")),
+            float(get("mem_gbps")),
+            float(get("idle_watts")),
+            float(get("active_watts")),
+        )
+
+
+def prior_coefficients(facts: TargetFacts) -> dict[str, float]:
+    """Roofline prior: FLOPs at peak (scalar code at a quarter of it), row-vector products at
+    full memory bandwidth when that is slower (2 bytes of weights per FLOP), a default
+    launch cost."""
+    peak = 1e3 / facts.peak_gflops  # ms per GFLOP
+    stream = max(peak, 2e3 / facts.mem_gbps)
+    scalar = SCALAR_PENALTY * peak
+    return {
+        "overhead": DEFAULT_OVERHEAD_MS,
+        "kernels": DEFAULT_KERNEL_MS,
+        "gemm_gflop": peak,
+        "gemv_gflop": stream,
+        "gemm_scalar_gflop": scalar,
+        "gemv_scalar_gflop": max(scalar, stream),
+        "gemm_scalar_par_gflop": scalar,
+        "gemv_scalar_par_gflop": max(scalar, stream),
+        "softmax_par_gflop": scalar,
+        "other_gflop": scalar,
+    }
+
+
+def error_stats(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """``{"n", "within10", "mape"}``: share within +-10 % and mean absolute % error."""
+    rel = np.abs(predicted / measured - 1.0)
+    return {
+        "n": int(len(rel)),
+        "within10": round(float(np.mean(rel <= 0.10)), 4),
+        "mape": round(float(100 * np.mean(rel)), 3),
+    }
+
+
+def nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative ``c`` minimising ``sum((x @ c / y - 1)^2)``: least squares on relative error."""
+    from scipy.optimize import nnls
+
+    a = x / y[:, None]
+    scale = np.linalg.norm(a, axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(a / scale, np.ones(len(y)), maxiter=50 * a.shape[1])
+    return coef / scale
+
+
+def repeatability(records: list[dict[str, Any]]) -> dict[str, float] | None:
+    """How far single rounds lie from their architecture's merged figure: the noise floor.
+
+    ``{"n", "within10", "mape"}`` over every repeat of the merged records that have repeats;
+    ``None`` when no architecture was measured twice.
+    """
+    single, merged = [], []
+    for record in records:
+        for value in record.get("repeats_ms", []):
+            single.append(value)
+            merged.append(record["merged_ms"])
+    return error_stats(np.array(merged), np.array(single)) if single else None
+
+
+@dataclass
+class FitData:
+    """Feature matrix and targets of the usable records."""
+
+    records: list[dict[str, Any]]
+    x: np.ndarray  # (n, F) features
+    latency: np.ndarray  # (n,) ms, the model's statistic (median over repeats)
+    energy: np.ndarray  # (n,) mJ, NaN where no measured energy
+    gflop: np.ndarray  # (n,) total GFLOPs, for the FLOPs-only comparison
+
+
+def fit_data(records: list[dict[str, Any]], statistic: str = "min") -> FitData:
+    """Merge duplicates and build features; records without an ArchSpec or the statistic are left out."""
+    usable, rows, gflop = [], [], []
+    for record in merge_duplicates(records, statistic):
+        value = (record.get("latency_ms") or {}).get(statistic)
+        if not record.get("arch") or not isinstance(value, int | float) or value <= 0:
+            continue
+        try:
+            arch = ArchSpec.from_dict(record["arch"])
+            work = analyze(arch, int(record["batch"]), int(record["seq_len"]))
+        except (ArchSpecError, KeyError, TypeError, ValueError) as err:
+            log.warning("record %s skipped: %s", record.get("id", "?"), err)
+            continue
+        feats = features(work)
+        usable.append(record | {"merged_ms": float(value)})
+        rows.append([feats[f] for f in FEATURES])
+        gflop.append(work.flops / 1e9)
+    energy = [_measured_energy_mj(r) for r in usable]
+    return FitData(
+        usable,
+        np.array(rows, dtype=float).reshape(-1, len(FEATURES)),
+        np.array([r["merged_ms"] for r in usable]),
+        np.array(energy, dtype=float),
+        np.array(gflop, dtype=float),
+    )
+
+
+def _measured_energy_mj(record: dict[str, Any]) -> float:
+    energy = record.get("energy") or {}
+    joules = energy.get("joules_per_inference")
+    if energy.get("source") in MEASURED_ENERGY and isinstance(joules, int | float) and joules > 0:
+        return 1e3 * float(joules)
+    return math.nan
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions: each record predicted by a fit that did not see it."""
+    order = list(range(len(y)))
+    random.Random(seed).shuffle(order)
+    pred = np.empty(len(y))
+    for k in range(folds):
+        test = order[k::folds]
+        train = [i for i in order if i not in test]
+        pred[test] = x[test] @ nnls_relative(x[train], y[train])
+    return pred
+
+
+@dataclass
+class CalibratedModel:
+    """A target's cost model: latency and energy coefficients, plus exact measured lookups."""
+
+    target: str
+    facts: TargetFacts
+    coefficients: dict[str, float]
+    kind: str = "prior"  # "measured" once fitted from records
+    energy_coefficients: dict[str, float] | None = None  # None: active power x latency
+    lookup: dict[str, dict[str, float]] = field(default_factory=dict)
+    batch: int = 1
+    seq_len: int | None = None
+    statistic: str = "min"  # which latency figure of a measurement the model predicts
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def prior(cls, target: Any) -> CalibratedModel:
+        """The roofline/power prior of a target (no records)."""
+        facts = TargetFacts.of(target)
+        return cls(
+            facts.name,
+            facts,
+            prior_coefficients(facts),
+            kind="prior",
+            meta={
+                "note": "roofline prior from the target's peak_gflops, mem_gbps, "
+                "active_watts; no measurements"
+            },
+        )
+
+    def latency_ms(self, feats: dict[str, float]) -> float:
+        return sum(self.coefficients.get(f, 0.0) * feats[f] for f in FEATURES)
+
+    def predict(self, arch: ArchSpec, target: Any = None) -> Cost:
+        """Predicted cost of one ``predict`` call of ``arch`` at this model's batch."""
+        if target is not None and target != self.target:
+            name = TargetFacts.of(target).name
+            if name != self.target:
+                raise CalibrationError(
+                    f"this cost model is for target '{self.target}', not '{name}'; "
+                    f"load the model of '{name}' with load_cost_model"
+                )
+        work = analyze(arch, self.batch, self.seq_len)
+        seq_len = self.seq_len or arch.max_len
+        exact = self.lookup.get(lookup_key(arch, self.batch, seq_len))
+        feats = features(work)
+        latency = exact["latency_ms"] if exact else self.latency_ms(feats)
+        if exact and exact.get("energy_mj"):
+            energy = exact["energy_mj"]
+        elif self.energy_coefficients is not None:
+            energy = sum(self.energy_coefficients.get(f, 0.0) * feats[f] for f in FEATURES)
+        else:
+            energy = self.facts.active_watts * latency  # W x ms = mJ
+        return Cost(flops=float(work.flops), latency_ms=float(latency), energy_mj=float(energy))
+
+    def fit(
+        self, records: list[dict[str, Any]], *, statistic: str | None = None, seed: int = 0
+    ) -> CalibratedModel:
+        """A measured model fitted on ``records`` of the latest board, with held-out errors.
+
+        Records of one board and one build (tuned or not, thread count) are fitted together:
+        the board of the newest record and its most common build. ``statistic`` (default:
+        this model's) is the latency figure fitted, ``min`` or ``median``; repeat measurements
+        of an artifact count once, with the median of their figures. Needs at least
+        ``MIN_RECORDS`` distinct measured architectures.
+        """
+        statistic = statistic or self.statistic
+        if statistic not in STATISTICS:
+            raise CalibrationError(
+                f"latency statistic '{statistic}' is not one of {', '.join(STATISTICS)}"
+            )
+        chosen, note = select_records(records)
+        data = fit_data(chosen, statistic)
+        n = len(data.latency)
+        if n < MIN_RECORDS:
+            raise CalibrationError(
+                f"fitting target '{self.target}' needs at least {MIN_RECORDS} measured "
+                f"architectures on one board, found {n}{note}; measure more with "
+                f"'dnsrec-edge calibrate --target {self.target} --samples {2 * MIN_RECORDS}'"
+            )
+        coef = nnls_relative(data.x, data.latency)
+        folds = min(FOLDS, n)
+        cv = cross_validate(data.x, data.latency, folds, seed)
+        prior = replace(self, coefficients=prior_coefficients(self.facts))
+        prior_pred = np.array(
+            [prior.latency_ms(dict(zip(FEATURES, row, strict=True))) for row in data.x]
+        )
+        flops_only = np.column_stack([np.ones(n), data.gflop])  # overhead + ms per GFLOP
+        flops_cv = cross_validate(flops_only, data.latency, folds, seed)
+        energy_coef, energy_heldout = None, None
+        has_energy = ~np.isnan(data.energy)
+        if has_energy.sum() >= MIN_RECORDS:
+            xe, ye = data.x[has_energy], data.energy[has_energy]
+            energy_coef = dict(zip(FEATURES, nnls_relative(xe, ye).tolist(), strict=True))
+            energy_heldout = error_stats(ye, cross_validate(xe, ye, min(FOLDS, len(ye)), seed))
+        lookup = _lookup_table(data)
+        device = dict(chosen[-1].get("device") or {}) if chosen else {}
+        meta = {
+            "board": board_key(device),
+            "device": device,
+            "tuned": bool(chosen[-1].get("tuned", False)),
+            "threads": chosen[-1].get("threads"),
+            "records": [r.get("id") or record_id(r) for r in chosen if r.get("arch")],
+            "heldout": error_stats(data.latency, cv),
+            "heldout_method": f"{folds}-fold cross-validation over distinct architectures",
+            "prior_heldout": error_stats(data.latency, prior_pred),
+            "flops_only_heldout": error_stats(data.latency, flops_cv),
+            "repeatability": repeatability(data.records),
+            "energy_heldout": energy_heldout,
+            "energy_records": int(has_energy.sum()),
+            "predictions": [
+                {
+                    "id": r.get("id"),
+                    "measured_ms": float(m),
+                    "heldout_ms": float(p),
+                    "prior_ms": float(q),
+                }
+                for r, m, p, q in zip(data.records, data.latency, cv, prior_pred, strict=True)
+            ],
+            "note": note.strip("; ") or None,
+        }
+        return replace(
+            self,
+            kind="measured",
+            statistic=statistic,
+            coefficients=dict(zip(FEATURES, coef.tolist(), strict=True)),
+            energy_coefficients=energy_coef,
+            lookup=lookup,
+            meta=meta,
+        )
+
+    def describe(self) -> str:
+        """A few lines for people: kind, source, held-out errors, coefficients."""
+        lines = [
+            f"cost model of target '{self.target}': {self.kind} "
+            f"(predicts the {self.statistic} latency of a call)"
+        ]
+        if self.meta.get("source"):
+            lines.append(f"  from {self.meta['source']}")
+        for label, key in (
+            ("held out (this model)", "heldout"),
+            ("roofline prior", "prior_heldout"),
+            ("best FLOPs-only fit", "flops_only_heldout"),
+            ("one round vs all rounds", "repeatability"),
+        ):
+            stat = self.meta.get(key)
+            if stat:
+                lines.append(
+                    f"  {label:<24} n={stat['n']:<4} within +-10%: "
+                    f"{100 * stat['within10']:5.1f} %   MAPE: {stat['mape']:6.2f} %"
+                )
+        if self.meta.get("board"):
+            lines.append(f"  board: {self.meta['board']}, threads {self.meta.get('threads')}")
+        lines.append("  latency_ms = sum of")
+        lines += [f"    {self.coefficients[f]:10.4g} {UNITS[f]:<12} x {f}" for f in FEATURES]
+        if self.energy_coefficients is None:
+            lines.append(f"  energy_mj = {self.facts.active_watts:g} W x latency_ms (power prior)")
+        else:
+            lines.append("  energy fitted from measured energy records")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``model.json`` content."""
+        meta = {k: v for k, v in self.meta.items() if k != "predictions"}
+        return {
+            "schema": MODEL_SCHEMA,
+            "kind": self.kind,
+            "target": self.target,
+            "tool_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "batch": self.batch,
+            "seq_len": self.seq_len,
+            "statistic": self.statistic,
+            "features": list(FEATURES),
+            "units": UNITS,
+            "coefficients": self.coefficients,
+            "energy": (
+                {"kind": "measured", "coefficients": self.energy_coefficients}
+                if self.energy_coefficients is not None
+                else {
+                    "kind": "prior",
+                    "watts": self.facts.active_watts,
+                    "rule": "energy_mj = active_watts * latency_ms",
+                }
+            ),
+            "prior": {
+                "peak_gflops": self.facts.peak_gflops,
+                "mem_gbps": self.facts.mem_gbps,
+                "idle_watts": self.facts.idle_watts,
+                "active_watts": self.facts.active_watts,
+            },
+            "records": meta.pop("records", []),
+            "heldout": meta.pop("heldout", None),
+            "prior_heldout": meta.pop("prior_heldout", None),
+            "device": meta.pop("device", {}),
+            "lookup": [{"key": k, **v} for k, v in sorted(self.lookup.items())],
+            **meta,
+        }
+
+    @classmethod
+    def from_dict(
+        cls, d: dict[str, Any], target: Any, source: str = "model file"
+    ) -> CalibratedModel:
+        """Read a ``model.json``; refuse one made for another target or another schema."""
+        facts = TargetFacts.of(target)
+        if not isinstance(d, dict) or d.get("schema") != MODEL_SCHEMA:
+            raise CalibrationError(
+                f"{source} is not a dnsrec-edge cost model of schema {MODEL_SCHEMA}; "
+                f"refit it with 'dnsrec-edge calibrate --target {facts.name} --refit'"
+            )
+        if d.get("target") != facts.name:
+            raise CalibrationError(
+                f"{source} is a cost model for target '{d.get('target')}', not "
+                f"'{facts.name}'; move it away, then refit with "
+                f"'dnsrec-edge calibrate --target {facts.name} --refit'"
+            )
+        kind = str(d.get("kind", "measured"))
+        # A prior follows the target's current figures, so it never goes stale.
+        coef = prior_coefficients(facts) if kind == "prior" else d.get("coefficients")
+        if not isinstance(coef, dict) or any(
+            not isinstance(coef.get(f), int | float) or coef[f] < 0 for f in FEATURES
+        ):
+            raise CalibrationError(
+                f"{source} needs a non-negative coefficient for each of {', '.join(FEATURES)}; "
+                f"refit it with 'dnsrec-edge calibrate --target {facts.name} --refit'"
+            )
+        energy = d.get("energy") or {}
+        known = {
+            "statistic",
+            "schema",
+            "kind",
+            "target",
+            "coefficients",
+            "energy",
+            "lookup",
+            "batch",
+            "seq_len",
+            "features",
+            "units",
+            "prior",
+            "tool_version",
+            "created",
+        }
+        return cls(
+            target=facts.name,
+            facts=facts,
+            coefficients={f: float(coef[f]) for f in FEATURES},
+            kind=kind,
+            energy_coefficients=energy.get("coefficients")
+            if energy.get("kind") == "measured"
+            else None,
+            lookup={
+                e["key"]: {k: v for k, v in e.items() if k != "key"} for e in d.get("lookup", [])
+            },
+            batch=int(d.get("batch", 1)),
+            seq_len=d.get("seq_len"),
+            statistic=str(d.get("statistic", "min")),
+            meta={k: v for k, v in d.items() if k not in known},
+        )
+
+    def save(self, calibration_dir: str | Path | None = None) -> Path:
+        """Write ``<store>/<target>/model.json`` atomically; return its path."""
+        return atomic_write_json(
+            store_dir(calibration_dir) / self.target / MODEL_FILE, self.to_dict()
+        )
+
+
+def _lookup_table(data: FitData) -> dict[str, dict[str, float]]:
+    """Exact (arch, batch, seq_len) -> median measured latency and energy over its records."""
+    groups: dict[str, list[int]] = {}
+    for i, record in enumerate(data.records):
+        key = lookup_key(record["arch"], record["batch"], record["seq_len"])
+        groups.setdefault(key, []).append(i)
+    table = {}
+    for key, idx in groups.items():
+        energy = data.energy[idx]
+        energy = energy[~np.isnan(energy)]
+        table[key] = {
+            "latency_ms": float(np.median(data.latency[idx])),
+            "n": len(idx),
+            "energy_mj": float(np.median(energy)) if len(energy) else None,
+        }
+    return table
+
+
+def select_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Records of the newest record's board and its most common build, and a note.
+
+    A build is (tuned or not, thread count): records of other builds time other code.
+    """
+    if not records:
+        return [], ""
+    newest = max(records, key=lambda r: str(r.get("time", "")))
+    board = board_key(newest.get("device"))
+    same = [r for r in records if board_key(r.get("device")) == board]
+    builds = Counter(_build(r) for r in same)
+    build = max(builds, key=lambda b: (builds[b], b == _build(newest)))
+    chosen = [r for r in same if _build(r) == build]
+    left = len(records) - len(chosen)
+    note = f"; {left} record(s) of other boards or builds left out" if left else ""
+    return chosen, note
+
+
+def _build(record: dict[str, Any]) -> tuple[bool, int | None]:
+    return bool(record.get("tuned")), record.get("threads")
+
+
+def read_model_file(path: Path, target: Any) -> CalibratedModel:
+    """Load one ``model.json`` for ``target``."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CalibrationError(
+            f"cannot read cost model '{path}' ({err}); refit it with "
+            f"'dnsrec-edge calibrate --target {TargetFacts.of(target).name} --refit'"
+        ) from err
+    return CalibratedModel.from_dict(d, target, source=f"'{path}'")
+
+
+def load_cost_model(target: Any, calibration_dir: str | Path | None = None) -> CalibratedModel:
+    """The target's cost model: the store's ``model.json``, else the shipped one, else the prior."""
+    facts = TargetFacts.of(target)
+    for folder in reversed(store_folders(facts.name, calibration_dir)):
+        path = folder / MODEL_FILE
+        if path.is_file():
+            model = read_model_file(path, facts)
+            model.meta["source"] = str(path)
+            log.debug("cost model for %s from %s (%s)", facts.name, path, model.kind)
+            return model
+    model = CalibratedModel.prior(facts)
+    model.meta["source"] = "the target's roofline and power figures (no model file)"
+    return model

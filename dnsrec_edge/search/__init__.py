@@ -1,0 +1,1 @@
+"""DNS-Rec search: space, controllers, budgets, resource constraint, search loop, retraining."""

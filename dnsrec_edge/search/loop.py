@@ -1,0 +1,302 @@
+"""The bilevel search loop: supernet weights on training batches, controllers on a held-out slice.
+
+First order (DARTS-style): every batch updates the weights with the task loss; every
+``arch_every`` batches after ``warmup_epochs`` one batch of the held-out users updates alpha
+and beta (their own Adam) with ``task loss + penalty``; the penalty weight then takes its
+dual-ascent step. The temperature stays at its start value through the warm-up and anneals
+exponentially to its end value over the remaining steps.
+
+After each epoch the argmax architecture is taken (or, when it is over budget, the most
+probable in-budget architecture under the controllers), evaluated in hard mode on the
+validation users, and logged; the epoch with the best validation NDCG@10 wins.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from dnsrec_edge.data.batching import train_batches
+from dnsrec_edge.data.dataset import Dataset
+from dnsrec_edge.errors import DataError
+from dnsrec_edge.evaluate import evaluate
+from dnsrec_edge.models.supernet import Supernet
+from dnsrec_edge.progress import track
+from dnsrec_edge.search.constraint import PENALTY_MODES, CostTable, Penalty, depth_factor
+from dnsrec_edge.search.controllers import ArchController, anneal
+from dnsrec_edge.search.space import Choice
+from dnsrec_edge.train.losses import LOSSES, sequence_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchConfig:
+    """Search settings; the training ones match ``TrainConfig`` of the baseline."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    loss: str = "ce"
+    negatives: int = 256
+    dropout: float = 0.2
+    max_len: int = 200
+    seed: int = 0
+    threads: int | None = None
+    eval_batch_size: int = 512
+    # architecture step
+    arch_lr: float = 1e-2  # the authors' 1e-3 barely moves alpha in the few steps of MovieLens
+    arch_every: int = 1  # one architecture step every this many weight steps
+    heldout: float = 0.1  # share of users whose training sequences drive the architecture step
+    warmup_epochs: int = 3  # weights only (every path trains), temperature held at t_start
+    t_start: float = 1.0
+    t_end: float = 0.01
+    gumbel: bool = False
+    shared_alpha: bool = False  # one alpha for all blocks (the authors' code)
+    # penalty
+    penalty: str = "dynamic"  # "dynamic" (dual ascent) or "fixed"
+    lam: float = 0.01  # initial (dynamic) or constant (fixed) penalty weight
+    dual_step: float = 0.05
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.loss not in LOSSES:
+            problems.append(f"loss '{self.loss}' is not one of {', '.join(LOSSES)}")
+        if self.penalty not in PENALTY_MODES:
+            problems.append(f"penalty '{self.penalty}' is not one of {', '.join(PENALTY_MODES)}")
+        for name in ("epochs", "batch_size", "max_len", "arch_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if not 0 < self.heldout < 1:
+            problems.append(f"heldout must lie strictly between 0 and 1 (got {self.heldout})")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            problems.append(
+                f"warmup_epochs must lie in 0..epochs-1 (got {self.warmup_epochs} of {self.epochs})"
+            )
+        if not 0 < self.t_end <= self.t_start:
+            problems.append(
+                f"temperatures need 0 < t_end <= t_start (got {self.t_start}, {self.t_end})"
+            )
+        if problems:
+            raise DataError("invalid search settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class EpochResult:
+    """What one search epoch selected and how it scored."""
+
+    epoch: int
+    choice: Choice
+    cost: float
+    argmax_in_budget: bool
+    valid: dict[str, float]
+
+
+@dataclass
+class LoopResult:
+    """Best epoch and the per-epoch records of a search."""
+
+    best: EpochResult | None
+    epochs: list[EpochResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def most_probable_in_budget(
+    controller: ArchController, table: CostTable, limit: float
+) -> Choice | None:
+    """The in-budget architecture with the highest probability under the controllers.
+
+    Exhaustive over the space (every depth, every candidate pair per block), vectorised.
+    """
+    with torch.no_grad():
+        probs = controller.probs()
+        n_blocks, n_attn = probs.attn.shape
+        n_ffn = probs.ffn.shape[1]
+        # (N, A*F) log-probability of each candidate pair per block; pair p = a * F + f
+        pair_lp = (probs.attn.log()[:, :, None] + probs.ffn.log()[:, None, :]).reshape(n_blocks, -1)
+        depth_lp = probs.depth.log()
+    mid = table.mid.reshape(-1)  # (A*F,)
+    best, best_lp = None, -float("inf")
+    for depth in range(1, n_blocks + 1):
+        lp, cost = depth_lp[depth - 1].double().reshape(1), torch.zeros(1, dtype=torch.float64)
+        for i in range(depth):  # grow the grid of all pair combinations of blocks 0..i
+            block_cost = table.last_of(depth).reshape(-1) if i == depth - 1 else mid
+            lp = (lp[:, None] + pair_lp[i].double()[None, :]).reshape(-1)
+            cost = (cost[:, None] + block_cost[None, :]).reshape(-1)
+        lp = lp.masked_fill(cost > limit, -float("inf"))
+        k = int(lp.argmax())
+        if float(lp[k]) > best_lp:
+            pairs = np.unravel_index(k, (n_attn * n_ffn,) * depth)
+            best_lp = float(lp[k])
+            best = Choice(depth, tuple(divmod(int(p), n_ffn) for p in pairs))
+    return best
+
+
+def split_users(dataset: Dataset, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(weight users, held-out users)``: a seeded random ``share`` of users is held out."""
+    perm = np.random.default_rng([seed, 7]).permutation(dataset.n_users)
+    n_held = max(1, round(share * dataset.n_users))
+    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+
+
+def _cycle_batches(
+    dataset: Dataset, users: np.ndarray, config: SearchConfig
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for round_ in itertools.count():
+        rng = np.random.default_rng([config.seed, 1_000_003, round_])
+        yield from train_batches(dataset, config.max_len, config.batch_size, rng, users=users)
+
+
+def run_search(
+    model: Supernet,
+    dataset: Dataset,
+    table: CostTable,
+    limit: float,
+    config: SearchConfig,
+    on_epoch: Callable[[dict[str, Any], bool], None] | None = None,
+    quiet: bool = False,
+) -> LoopResult:
+    """Train ``model`` and its controllers; ``on_epoch(record, improved)`` after each epoch."""
+    weight_users, held_users = split_users(dataset, config.heldout, config.seed)
+    if len(weight_users) == 0:
+        raise DataError(
+            f"dataset '{dataset.name}' has too few users to hold out a share for the search"
+        )
+    ctrl = model.controller
+    w_opt = torch.optim.Adam(model.weight_parameters(), lr=config.lr, betas=(0.9, 0.98))
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr)
+    penalty = Penalty(config.penalty, config.lam, config.dual_step)
+    arch_batches = _cycle_batches(dataset, held_users, config)
+    steps_per_epoch = sum(1 for _ in _weight_batches(dataset, weight_users, config, 0))
+    anneal_steps = (config.epochs - config.warmup_epochs) * steps_per_epoch
+    ctrl.set_temperature(config.t_start)
+    result, best_ndcg, step, t0 = LoopResult(None), -1.0, 0, time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        model.train()
+        searching = epoch > config.warmup_epochs
+        losses, ratios = [], []
+        batches = _weight_batches(dataset, weight_users, config, epoch)
+        for i, (item_seq, targets) in enumerate(
+            track(batches, f"search epoch {epoch}", total=steps_per_epoch, quiet=quiet)
+        ):
+            if searching:
+                ctrl.set_temperature(anneal(step, anneal_steps, config.t_start, config.t_end))
+                step += 1
+            loss = sequence_loss(model, item_seq, targets, config.loss, config.negatives)
+            w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            w_opt.step()
+            losses.append(loss.item())
+            if searching and i % config.arch_every == 0:
+                ratios.append(
+                    _arch_step(model, table, limit, penalty, a_opt, next(arch_batches), config)
+                )
+        record, epoch_result = _end_epoch(model, dataset, table, limit, config, epoch)
+        record.update(
+            train_loss=float(np.mean(losses)),
+            penalty_weight=penalty.lam,
+            mean_expected_ratio=float(np.mean(ratios)) if ratios else None,
+            seconds=round(time.perf_counter() - t0, 2),
+        )
+        result.epochs.append(epoch_result)
+        improved = searching and epoch_result.valid["ndcg@10"] > best_ndcg
+        if improved:
+            best_ndcg, result.best = epoch_result.valid["ndcg@10"], epoch_result
+        log.info(
+            "search epoch %d: T %.3f, lambda %.4g, expected cost %.3g (%.0f%% of budget), arch %s "
+            "cost %.3g, valid ndcg@10 %.4f%s",
+            epoch,
+            float(ctrl.temperature),
+            penalty.lam,
+            record["expected_cost"],
+            100 * record["expected_cost"] / limit,
+            list(epoch_result.choice.blocks),
+            epoch_result.cost,
+            epoch_result.valid["ndcg@10"],
+            " *" if improved else "",
+        )
+        if on_epoch is not None:
+            on_epoch(record, improved)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _weight_batches(dataset: Dataset, users: np.ndarray, config: SearchConfig, epoch: int):
+    rng = np.random.default_rng([config.seed, epoch])
+    return train_batches(dataset, config.max_len, config.batch_size, rng, users=users)
+
+
+def _arch_step(
+    model: Supernet,
+    table: CostTable,
+    limit: float,
+    penalty: Penalty,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    config: SearchConfig,
+) -> float:
+    """One first-order step of alpha and beta; returns the expected cost / budget."""
+    item_seq, targets = batch
+    task = sequence_loss(model, item_seq, targets, config.loss, config.negatives)
+    probs = model.controller.probs()
+    ratio = table.expected(probs) / limit
+    loss = task + penalty.term(ratio, depth_factor(probs))
+    params = model.arch_parameters()
+    for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+        p.grad = g  # first order: the weights' gradients are not needed here
+    optimizer.step()
+    value = ratio.item()
+    penalty.update(value)
+    return value
+
+
+def _end_epoch(
+    model: Supernet,
+    dataset: Dataset,
+    table: CostTable,
+    limit: float,
+    config: SearchConfig,
+    epoch: int,
+) -> tuple[dict[str, Any], EpochResult]:
+    ctrl = model.controller
+    argmax = ctrl.choice()
+    argmax_cost = table.of(argmax)
+    choice = argmax if argmax_cost <= limit else most_probable_in_budget(ctrl, table, limit)
+    cost = table.of(choice)
+    with model.selected(choice):
+        valid = evaluate(
+            model.predict,
+            dataset,
+            "valid",
+            config.max_len,
+            protocols=("full",),
+            batch_size=config.eval_batch_size,
+        )["full"]
+    with torch.no_grad():
+        expected = float(table.expected(ctrl.probs()))
+    record = {
+        "epoch": epoch,
+        "temperature": float(ctrl.temperature),
+        "expected_cost": expected,
+        "argmax": asdict(argmax),
+        "argmax_cost": argmax_cost,
+        "argmax_in_budget": argmax_cost <= limit,
+        "selected": asdict(choice),
+        "selected_cost": cost,
+        "valid": valid,
+        **ctrl.snapshot(),
+    }
+    return record, EpochResult(epoch, choice, cost, argmax_cost <= limit, valid)

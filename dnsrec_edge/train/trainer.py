@@ -1,0 +1,394 @@
+"""Training loop: next-item loss, Adam with warm-up + cosine decay, early stopping on valid NDCG@10.
+
+``train_model`` trains any module with ``forward(item_seq) -> (B, T, d)``, ``score(h)`` and
+``predict(item_seq)``; ``train_baseline`` builds a SASRec, trains it in a run folder and
+evaluates it. A run folder holds ``config.json`` (resolved settings), ``history.jsonl`` (one
+record per epoch, appended), ``last.pt`` (resume state, rewritten atomically each epoch),
+``model.pt`` (best weights, a :mod:`checkpoint`) and ``metrics.json`` (final metrics).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dnsrec_edge.data.batching import count_batches, train_batches
+from dnsrec_edge.data.dataset import Dataset
+from dnsrec_edge.errors import CheckpointMismatch, DataError, InputFileError, OutputExists
+from dnsrec_edge.evaluate import PROTOCOLS, evaluate
+from dnsrec_edge.fsio import append_jsonl, atomic_write_bytes, atomic_write_json
+from dnsrec_edge.models.archspec import ArchSpec
+from dnsrec_edge.models.sasrec import SASRec
+from dnsrec_edge.progress import track
+from dnsrec_edge.train.checkpoint import save_checkpoint
+from dnsrec_edge.train.losses import LOSSES, sequence_loss
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("config.json", "history.jsonl", "last.pt", "model.pt", "metrics.json")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; ``threads=None`` uses every core."""
+
+    epochs: int = 200  # upper bound; early stopping usually ends sooner
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0  # linear warm-up, then the schedule
+    schedule: str = "constant"  # "constant" or "cosine" (decays to 0 at ``epochs``)
+    loss: str = "ce"  # "ce" (full softmax), "sampled" (shared negatives + logQ), "bce"
+    negatives: int = 256  # per batch for "sampled", per position for "bce"
+    sampler: str = "uniform"  # proposal of the sampled loss: "uniform" or "pop" (logQ-corrected)
+    patience: int = 10  # epochs without a better valid NDCG@10 before stopping
+    seed: int = 0
+    threads: int | None = None
+    max_len: int = 200
+    hidden: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    eval_batch_size: int = 512
+    max_minutes: float | None = None  # stop after the epoch that crosses this wall time
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.loss not in LOSSES:
+            problems.append(f"loss '{self.loss}' is not one of {', '.join(LOSSES)}")
+        if self.schedule not in ("constant", "cosine"):
+            problems.append(f"schedule '{self.schedule}' is not constant or cosine")
+        if self.sampler not in ("uniform", "pop"):
+            problems.append(f"sampler '{self.sampler}' is not uniform or pop")
+        for name in ("epochs", "batch_size", "max_len", "hidden", "blocks", "heads", "negatives"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0 (got {self.lr})")
+        if problems:
+            raise DataError("invalid training settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model: nn.Module
+    best_epoch: int
+    epochs: int  # epochs run in total (over resumes)
+    best_valid: dict[str, float]
+    train_seconds: float  # training + per-epoch validation, over resumes
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, dict[str, dict[str, float]]] = field(
+        default_factory=dict
+    )  # part -> protocol
+    out_dir: Path | None = None
+    stopped: str = ""  # why training ended: "patience", "epochs", "time"
+
+
+@dataclass
+class BatchInfo:
+    """Passed to ``on_batch`` after each optimizer step."""
+
+    epoch: int
+    step: int
+    loss: float
+    model: nn.Module
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (``None``: every core); return the number used."""
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def _lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    warmup = config.warmup_epochs * steps_per_epoch
+    total = config.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "cosine":
+            progress = (step - warmup) / max(1.0, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def _log_q(dataset: Dataset, config: TrainConfig) -> torch.Tensor | None:
+    if config.loss != "sampled" or config.sampler == "uniform":
+        return None
+    counts = torch.from_numpy(dataset.item_counts[1:]).double().clamp(min=1.0)
+    return (counts / counts.sum()).log().float()  # (n_items,)
+
+
+def train_model(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    quiet: bool = False,
+    on_batch: Callable[[BatchInfo], None] | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train ``model`` on ``dataset``; early-stop on valid NDCG@10 (full ranking); restore the best.
+
+    With ``out_dir``, each epoch rewrites ``last.pt`` and appends to ``history.jsonl``, and a
+    better epoch rewrites ``model.pt``; ``resume`` continues from ``last.pt``.
+    """
+    threads = set_threads(config.threads)
+    out = Path(out_dir) if out_dir is not None else None
+    steps_per_epoch = count_batches(dataset, config.max_len, config.batch_size)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
+    state = {
+        "epoch": 0,
+        "best_ndcg": -1.0,
+        "best_epoch": 0,
+        "best_valid": {},
+        "bad_epochs": 0,
+        "seconds": 0.0,
+        "history": [],
+        "best_state": None,
+        "stopped": "",
+    }
+    if resume and out is not None:
+        state = _restore(out / "last.pt", model, optimizer, scheduler, dataset, state)
+        log.info(
+            "resuming at epoch %d (best so far: epoch %d)", state["epoch"] + 1, state["best_epoch"]
+        )
+    log_q = _log_q(dataset, config)
+    extra = {
+        "dataset_name": dataset.name,
+        "min_count": dataset.settings.get("min_count"),
+        "dataset_source": dataset.settings.get("source", {}),
+        "max_len": config.max_len,
+        "train_config": asdict(config),
+    }
+    start_seconds = state["seconds"]
+    t0 = time.perf_counter()
+    step = state["epoch"] * steps_per_epoch
+    while state["epoch"] < config.epochs and state["stopped"] == "":
+        epoch = state["epoch"] + 1
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        model.train()
+        losses = []
+        for item_seq, targets in track(
+            _batches(dataset, config, epoch), f"epoch {epoch}", total=steps_per_epoch, quiet=quiet
+        ):
+            loss = sequence_loss(
+                model, item_seq, targets, config.loss, config.negatives, log_q, generator
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+            if on_batch is not None:
+                on_batch(BatchInfo(epoch, step, losses[-1], model))
+        valid = evaluate(
+            model.predict,
+            dataset,
+            "valid",
+            config.max_len,
+            protocols=("full",),
+            batch_size=config.eval_batch_size,
+        )["full"]
+        seconds = start_seconds + time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": round(seconds, 2),
+            **{f"valid_{k}": v for k, v in valid.items()},
+        }
+        state["history"].append(record)
+        state["epoch"], state["seconds"] = epoch, seconds
+        improved = valid["ndcg@10"] > state["best_ndcg"]
+        if improved:
+            state.update(
+                best_ndcg=valid["ndcg@10"], best_epoch=epoch, best_valid=valid, bad_epochs=0
+            )
+            state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        if state["bad_epochs"] >= config.patience:
+            state["stopped"] = "patience"
+        elif config.max_minutes is not None and seconds >= config.max_minutes * 60:
+            state["stopped"] = "time"
+        elif epoch >= config.epochs:
+            state["stopped"] = "epochs"
+        if not quiet:
+            log.info(
+                "epoch %d loss %.4f valid ndcg@10 %.4f hr@10 %.4f (%.0f s)%s",
+                epoch,
+                record["loss"],
+                valid["ndcg@10"],
+                valid["hr@10"],
+                seconds,
+                " *" if improved else "",
+            )
+        if out is not None:
+            append_jsonl(out / "history.jsonl", record)
+            if improved:
+                save_checkpoint(out / "model.pt", model, dataset.fingerprint, extra)
+            _save_state(out / "last.pt", model, optimizer, scheduler, dataset, state, config)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    model.eval()
+    log.debug("trained with %d threads", threads)
+    return TrainResult(
+        model=model,
+        best_epoch=state["best_epoch"],
+        epochs=state["epoch"],
+        best_valid=state["best_valid"],
+        train_seconds=state["seconds"],
+        history=state["history"],
+        out_dir=out,
+        stopped=state["stopped"] or "epochs",
+    )
+
+
+def _batches(dataset: Dataset, config: TrainConfig, epoch: int):
+    rng = np.random.default_rng([config.seed, epoch])
+    return train_batches(dataset, config.max_len, config.batch_size, rng)
+
+
+def _save_state(path, model, optimizer, scheduler, dataset, state, config) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "dataset": dataset.fingerprint,
+        "config": asdict(config),
+        **{k: v for k, v in state.items()},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _restore(path: Path, model, optimizer, scheduler, dataset: Dataset, state: dict) -> dict:
+    if not path.is_file():
+        raise InputFileError(f"no training state '{path}' to resume from; start without --resume")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise InputFileError(
+            f"cannot read training state '{path}' ({err}); start again with --force"
+        ) from err
+    if payload.get("dataset") != dataset.fingerprint:
+        raise CheckpointMismatch(
+            f"run folder '{path.parent}' was trained on another dataset; resume it with the same dataset "
+            "and --min-count, or start a new run"
+        )
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    return {k: payload[k] for k in state}
+
+
+def baseline_arch(dataset: Dataset, config: TrainConfig) -> ArchSpec:
+    """The SASRec ArchSpec the config describes (FFN width = hidden, as in the SASRec paper)."""
+    return ArchSpec.uniform(
+        dataset.n_items, config.max_len, config.hidden, config.blocks, config.heads
+    )
+
+
+def prepare_run_dir(out_dir: str | Path, force: bool, resume: bool) -> Path:
+    """Refuse an existing run folder unless ``force`` (its run files are removed) or ``resume``."""
+    out = Path(out_dir)
+    if out.exists() and not resume:
+        if not force:
+            raise OutputExists(out)
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train_baseline(
+    dataset: Dataset,
+    out_dir: str | Path | None,
+    config: TrainConfig | None = None,
+    arch: ArchSpec | None = None,
+    quiet: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    protocols: tuple[str, ...] = PROTOCOLS,
+) -> TrainResult:
+    """Train a SASRec baseline, then evaluate valid and test under every protocol.
+
+    With ``out_dir``, the run folder gets ``config.json``, checkpoints and ``metrics.json``.
+    """
+    config = config or TrainConfig()
+    out = prepare_run_dir(out_dir, force, resume) if out_dir is not None else None
+    if resume and out is not None and (out / "config.json").exists():
+        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        config = TrainConfig.from_dict(saved["train"])
+    arch = arch or baseline_arch(dataset, config)
+    if arch.n_items != dataset.n_items:
+        raise CheckpointMismatch(
+            f"the architecture has {arch.n_items} items but dataset '{dataset.name}' has {dataset.n_items}; "
+            "use an ArchSpec made for this dataset"
+        )
+    torch.manual_seed(config.seed)
+    model = SASRec(arch, dropout=config.dropout)
+    if out is not None and not resume:
+        atomic_write_json(
+            out / "config.json",
+            {"dataset": dataset.stats(), "train": asdict(config), "arch": arch.to_dict()},
+        )
+    result = train_model(model, dataset, config, out, quiet=quiet, resume=resume)
+    result.metrics = {
+        part: evaluate(
+            result.model.predict,
+            dataset,
+            part,
+            config.max_len,
+            protocols=protocols,
+            batch_size=config.eval_batch_size,
+            quiet=quiet,
+        )
+        for part in ("valid", "test")
+    }
+    if out is not None:
+        atomic_write_json(
+            out / "metrics.json",
+            {
+                "dataset": dataset.name,
+                "fingerprint": dataset.fingerprint,
+                "metrics": result.metrics,
+                "best_epoch": result.best_epoch,
+                "epochs": result.epochs,
+                "stopped": result.stopped,
+                "train_seconds": round(result.train_seconds, 2),
+                "threads": torch.get_num_threads(),
+            },
+        )
+    return result

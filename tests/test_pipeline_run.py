@@ -1,0 +1,95 @@
+"""The pipeline on real data: end to end on a slice of ml-100k, reruns, and its bad inputs."""
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from dnsrec_edge.cli import main
+from dnsrec_edge.flow.presets import STAGE_NAMES, preset_settings
+from dnsrec_edge.flow.run import build_stages
+from dnsrec_edge.flow.stages import canonical
+from dnsrec_edge.flow.steps import Plan
+
+
+def _plan(budget: str) -> Plan:
+    return Plan("ml-100k", "x86_64", ("arm64",), budget, None, None, None, preset_settings("short"))
+
+
+def test_budget_only_enters_the_search_stage():
+    """A new budget changes the search stage's settings alone; the runner then redoes the
+    search and what reads it (content hashes), while data and baseline stay reused."""
+    before = {s.name: canonical(s.settings) for s in build_stages(_plan("flops=25%"))}
+    after = {s.name: canonical(s.settings) for s in build_stages(_plan("flops=50%"))}
+    assert [n for n in STAGE_NAMES if before[n] != after[n]] == ["search"]
+    deps = {s.name: s.deps for s in build_stages(_plan("flops=25%"))}
+    assert "search" not in deps["baseline"] and deps["baseline"] == ("data",)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--rpc", "h:1", "--emulate"], 2, "choose at most one of --rpc, --rpc-tracker"),
+        (["--emulate", "--target", "x86_64"], 1, "Error: --emulate runs arm64 targets only"),
+        (["--budget", "latency=fast"], 1, "Error: cannot parse budget 'latency=fast'"),
+        (["--dataset", "ml-2m"], 1, "Error: unknown dataset 'ml-2m'"),
+        (["--target", "arm46"], 1, "Error: unknown target 'arm46'"),
+        (["--dataset", "nope/missing.csv"], 1, "Error: dataset file 'nope/missing.csv' does not"),
+        (["--from", "serach"], 2, "Invalid value for '--from'"),
+    ],
+)
+def test_bad_inputs_fail_before_any_stage(tmp_path, args, code, message):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["pipeline", "--quick", "--out", str(out), *args])
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert not (out / "stages").exists()
+
+
+def test_refuses_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["pipeline", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "already exists; choose another path or pass --force" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_end_to_end_on_a_slice_then_rerun(tmp_path, ml100k_raw):
+    from dnsrec_edge import pipeline
+
+    frame = ml100k_raw[ml100k_raw["user"] <= 150]
+    csv = tmp_path / "slice.csv"
+    frame.to_csv(csv, index=False)
+    run, calib = tmp_path / "run", tmp_path / "calib"
+    opts = ["--out", str(run), "--calibration-dir", str(calib), "--threads", "1"]
+    result = CliRunner().invoke(main, ["pipeline", "--quick", "--dataset", str(csv), *opts])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"NDCG@10 \(full ranking\)\s+\d\.\d{4}\s+\d\.\d{4}", result.output)
+    assert f"Report: {run / 'report.html'}" in result.output
+
+    for name in STAGE_NAMES:
+        assert (run / "stages" / name / "done.json").is_file()
+    bench = json.loads((run / "stages" / "bench" / "done.json").read_text())["result"]
+    assert bench["mode"] == "local"
+    for model in ("baseline", "dnsrec"):
+        assert bench[model]["latency_ms"]["median"] > 0
+        assert bench[model]["max_abs_diff"] <= 1e-4 and bench[model]["top10_match"]
+    records = (calib / "x86_64" / "records.jsonl").read_text().splitlines()
+    assert len(records) == 2  # one measurement per model went back to the cost-model store
+
+    md = (run / "report.md").read_text()
+    assert "| NDCG@10 (full ranking) |" in md and "## Target x86_64 (measured on this host)" in md
+    html = (run / "report.html").read_text()
+    assert html.count("src='data:image/png;base64,") == 3
+
+    again = pipeline(csv, quick=True, out=run, calibration_dir=calib, threads=1, quiet=True)
+    assert again.reused() == list(STAGE_NAMES)
+    assert len((calib / "x86_64" / "records.jsonl").read_text().splitlines()) == 2
+
+    redo = pipeline(
+        csv, quick=True, out=run, calibration_dir=calib, threads=1, quiet=True, from_stage="report"
+    )
+    assert redo.reused() == list(STAGE_NAMES[:-1])

@@ -1,0 +1,190 @@
+"""A tiny search on a slice of real ml-100k, retraining, and the CLI's error messages."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from dnsrec_edge.cli import main
+from dnsrec_edge.cost.analysis import analyze
+from dnsrec_edge.errors import ArchSpecError, BudgetError
+from dnsrec_edge.fsio import read_jsonl
+from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
+from dnsrec_edge.models.supernet import Supernet
+from dnsrec_edge.search.loop import SearchConfig
+from dnsrec_edge.search.retrain import retrain
+from dnsrec_edge.search.run import search
+from dnsrec_edge.search.space import SearchSpace
+from dnsrec_edge.train.checkpoint import load_checkpoint
+from dnsrec_edge.train.trainer import TrainConfig
+
+MAX_LEN = 20
+ACCEPTED = "flops=25% (share of the full supernet), flops=30M, latency=1.5ms or energy=2mJ"
+
+
+def _space(dataset, **kw):
+    return SearchSpace(dataset.n_items, MAX_LEN, max_depth=3, gate_hidden=4, **kw)
+
+
+def _config(**kw):
+    return SearchConfig(epochs=3, warmup_epochs=1, max_len=MAX_LEN, batch_size=64, threads=1, **kw)
+
+
+def _train_config():
+    return TrainConfig(epochs=1, max_len=MAX_LEN, batch_size=64, threads=1)
+
+
+@pytest.fixture(scope="module")
+def run(ml100k_small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "run"
+    result = search(
+        ml100k_small, "flops=30%", out, config=_config(), space=_space(ml100k_small), quiet=True
+    )
+    return result, out
+
+
+@pytest.mark.slow
+def test_search_writes_a_run_folder_within_budget(run, ml100k_small):
+    result, out = run
+    arch = ArchSpec.load(out / "arch.json")
+    raw = json.loads((out / "arch.json").read_text())
+    assert raw["depth"] == arch.depth == len(raw["blocks"]) and arch == result.arch
+    assert arch.n_items == ml100k_small.n_items and arch.max_len == MAX_LEN
+    flops = analyze(arch).flops
+    assert flops == result.cost <= result.limit == pytest.approx(0.30 * result.reference)
+    records = [r for _, r, _ in read_jsonl(out / "search_log.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for key in (
+        "alpha_attn",
+        "alpha_ffn",
+        "beta",
+        "temperature",
+        "penalty_weight",
+        "expected_cost",
+        "valid",
+        "selected_cost",
+    ):
+        assert key in records[-1]
+    assert records[0]["temperature"] == 1.0 > records[1]["temperature"] > records[2]["temperature"]
+    assert all(r["selected_cost"] <= result.limit for r in records)
+    model, meta = load_checkpoint(out / "supernet.pt", ml100k_small.fingerprint)
+    assert isinstance(model, Supernet) and meta["kind"] == "supernet"
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["selected"]["cost"] == flops and run_json["budget"]["text"] == "flops=30%"
+
+
+@pytest.mark.slow
+def test_retrain_from_scratch_and_finetuned(run, ml100k_small):
+    _, out = run
+    for mode in ("scratch", "finetune"):
+        res = retrain(out, mode, config=_train_config(), dataset=ml100k_small, quiet=True)
+        assert res.arch == ArchSpec.load(out / "arch.json")
+        assert res.model.arch == res.arch  # the dense small SASRec, not a masked full one
+        saved = json.loads((out / f"retrain-{mode}" / "metrics.json").read_text())
+        assert 0.0 <= saved["metrics"]["test"]["full"]["ndcg@10"] <= 1.0
+        assert saved["flops"] == analyze(res.arch).flops
+
+
+def test_budget_below_the_cheapest_architecture_names_it(ml100k_small, tmp_path):
+    space = _space(ml100k_small)
+    with pytest.raises(BudgetError) as err:
+        search(ml100k_small, "flops=100k", tmp_path / "r", config=_config(), space=space)
+    message = str(err.value)
+    assert message.startswith(
+        "no architecture in the search space meets the budget flops=100000 "
+        "(0.100 MFLOPs); the cheapest reachable costs "
+    )
+    assert message.endswith("depth 1, 1 head(s) FFN 64); raise the budget to at least that")
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_latency_budget_needs_a_target(ml100k_small, tmp_path):
+    with pytest.raises(
+        BudgetError, match="^a latency budget needs a hardware target; pass --target"
+    ):
+        search(
+            ml100k_small,
+            "latency=1ms",
+            tmp_path / "r",
+            config=_config(),
+            space=_space(ml100k_small),
+        )
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_refuses_an_unparsable_budget(tmp_path):
+    res = _invoke(
+        "search", "--dataset", "ml-100k", "--budget", "flops=lots", "--out", tmp_path / "r"
+    )
+    assert res.exit_code == 1
+    assert f"Error: cannot parse budget 'flops=lots'; use {ACCEPTED}" in res.output
+
+
+@pytest.mark.slow
+def test_cli_search_and_retrain_refuse_bad_arch_json(run, ml100k_small, tmp_path):
+    _, out = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "arch.json").write_text("{not json")
+    res = _invoke("retrain", copy)
+    assert res.exit_code == 1
+    assert (
+        f"Error: '{copy / 'arch.json'}' is not a valid architecture (ArchSpec is not valid "
+        "JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))); "
+        "restore it or run the search again"
+    ) in res.output
+    other = ArchSpec(ml100k_small.n_items, MAX_LEN, 64, (BlockSpec(3, 16, 256, 4),))
+    (copy / "arch.json").write_text(other.to_json())
+    res = _invoke("retrain", copy)
+    assert res.exit_code == 1
+    assert (
+        f"Error: '{copy / 'arch.json'}' does not fit the run's search space (block 0 (softmax "
+        "attention, 3 heads, FFN 256) is not a candidate of the search space); restore it or "
+        "run the search again"
+    ) in res.output
+    with pytest.raises(ArchSpecError, match="depth 2 but lists 1 block"):
+        (copy / "arch.json").write_text(json.dumps(other.to_dict() | {"depth": 2}))
+        retrain(copy, dataset=ml100k_small)
+
+
+@pytest.mark.slow
+def test_cli_search_end_to_end_on_a_file(ml100k_small, tmp_path):
+    rows = ["user_id,item_id,timestamp"]
+    for u, seq in enumerate(ml100k_small.sequences):
+        rows += [f"{u},{item},{t}" for t, item in enumerate(seq.tolist())]
+    path = tmp_path / "slice.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    res = _invoke(
+        "--quiet",
+        "search",
+        "--dataset",
+        path,
+        "--budget",
+        "flops=25%",
+        "--epochs",
+        2,
+        "--max-len",
+        MAX_LEN,
+        "--blocks",
+        2,
+        "--gate-hidden",
+        4,
+        "--threads",
+        1,
+        "--out",
+        out,
+    )
+    assert res.exit_code == 0, res.output
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["depth"] == len(arch["blocks"]) >= 1
+    assert "selected depth" in res.output
+    res = _invoke("search", "--dataset", path, "--budget", "flops=25%", "--out", out)
+    assert res.exit_code == 1
+    assert (
+        f"Error: output '{out}' already exists; choose another path or pass --force" in res.output
+    )

@@ -1,0 +1,243 @@
+"""Search parts on synthetic inputs: budgets, space, controllers, cost tables, penalty, selection."""
+
+import itertools
+
+import pytest
+import torch
+
+from dnsrec_edge.cost.model import FlopsModel
+from dnsrec_edge.errors import ArchSpecError, BudgetError
+from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
+from dnsrec_edge.search.budget import Budget, parse_budget
+from dnsrec_edge.search.constraint import CostTable, Penalty, depth_factor
+from dnsrec_edge.search.controllers import ArchController, MixWeights, anneal
+from dnsrec_edge.search.loop import SearchConfig, most_probable_in_budget
+from dnsrec_edge.search.space import Choice, SearchSpace
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: waking a second thread costs more than the work on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+ACCEPTED = "flops=25% (share of the full supernet), flops=30M, latency=1.5ms or energy=2mJ"
+SPACE = SearchSpace(n_items=120, max_len=30, max_depth=3, gate_hidden=8)
+SPACE_LIN = SearchSpace(n_items=50, max_len=16, max_depth=2, attention=("softmax", "linear"))
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("flops=25%", Budget("flops", 0.25, True)),
+        ("FLOPS = 10 %", Budget("flops", 0.10, True)),
+        ("flops=30M", Budget("flops", 30e6, False)),
+        ("flops=2.5e7", Budget("flops", 2.5e7, False)),
+        ("flops=1g", Budget("flops", 1e9, False)),
+        ("latency=1.5ms", Budget("latency", 1.5, False)),
+        ("latency=800us", Budget("latency", 0.8, False)),
+        ("latency=50%", Budget("latency", 0.5, True)),
+        ("energy=2mJ", Budget("energy", 2.0, False)),
+        ("energy=0.5J", Budget("energy", 500.0, False)),
+    ],
+)
+def test_parse_budget_accepted_forms(text, expected):
+    got = parse_budget(text)
+    assert got.kind == expected.kind and got.relative == expected.relative
+    assert got.value == pytest.approx(expected.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("flops", f"cannot parse budget 'flops'; use {ACCEPTED}"),
+        ("flops=abc", f"cannot parse budget 'flops=abc'; use {ACCEPTED}"),
+        (
+            "speed=3ms",
+            f"unknown budget kind 'speed' in 'speed=3ms'; use one of flops, latency, "
+            f"energy as in {ACCEPTED}",
+        ),
+        ("latency=3", f"budget 'latency=3' needs a unit; use {ACCEPTED}"),
+        (
+            "latency=3mj",
+            f"unknown unit 'mj' for a latency budget in 'latency=3mj'; use one of ms, "
+            f"us, s, % as in {ACCEPTED}",
+        ),
+        ("flops=0%", f"budget 'flops=0%' must be positive; use {ACCEPTED}"),
+        ("flops=120%", "budget 'flops=120%' is over 100% of the full supernet; use at most 100%"),
+    ],
+)
+def test_parse_budget_errors_name_the_accepted_forms(text, message):
+    with pytest.raises(BudgetError) as err:
+        parse_budget(text)
+    assert str(err.value) == message
+
+
+def test_budget_limit():
+    assert parse_budget("flops=25%").limit(reference=400.0) == pytest.approx(100.0)
+    assert parse_budget("latency=2ms").limit(reference=400.0) == 2.0
+    assert str(parse_budget("flops=25%")) == "flops=25%"
+
+
+def test_space_candidates_and_round_trip():
+    assert SPACE.heads == (4, 2, 1) and SPACE.ffn == (256, 128, 64)
+    assert SPACE_LIN.attn_candidates[3] == ("linear", 4)
+    choice = Choice(2, ((1, 2), (5, 0)))
+    arch = SPACE_LIN.arch(choice)
+    assert arch.blocks[1] == BlockSpec(1, 16, 256, 16, "linear")
+    assert SPACE_LIN.choice_of(arch) == choice
+    assert SearchSpace.from_dict(SPACE_LIN.to_dict()) == SPACE_LIN
+    unsorted = SearchSpace(10, 8, heads=(1, 4, 2), ffn=(64, 256))
+    assert unsorted.heads == (4, 2, 1) and unsorted.ffn == (256, 64)
+
+
+def test_space_refuses_what_it_cannot_build():
+    with pytest.raises(
+        ArchSpecError, match="block 0 \\(softmax attention, 3 heads, FFN 256\\) is not a candidate"
+    ):
+        SPACE.choice_of(ArchSpec(120, 30, 64, (BlockSpec(3, 16, 256, 8),)))
+    with pytest.raises(ArchSpecError, match="n_items 99"):
+        SPACE.choice_of(ArchSpec(99, 30, 64, (BlockSpec(4, 16, 256, 8),)))
+    with pytest.raises(ArchSpecError, match="depth 5 is outside 1..3"):
+        SPACE.check(Choice(5, ((0, 0),) * 5))
+    with pytest.raises(ArchSpecError, match="attention kinds"):
+        SearchSpace(10, 8, attention=("softmax", "cosine"))
+
+
+def test_anneal_and_temperature():
+    assert anneal(0, 100) == pytest.approx(1.0)
+    assert anneal(100, 100) == pytest.approx(0.01)
+    assert anneal(50, 100) == pytest.approx(0.1)
+    ctrl = ArchController(3, 3, 3)
+    with torch.no_grad():
+        ctrl.alpha_ffn[1, 2] = 0.05
+    ctrl.set_temperature(1.0)
+    soft = ctrl.probs().ffn[1, 2].item()
+    ctrl.set_temperature(0.01)
+    assert soft < 0.4 < 0.98 < ctrl.probs().ffn[1, 2].item()
+
+
+def test_controller_choice_and_gumbel():
+    ctrl = ArchController(3, 3, 3, gumbel=True)
+    with torch.no_grad():
+        ctrl.beta[1] = 1.0
+        ctrl.alpha_attn[0, 2] = 1.0
+        ctrl.alpha_ffn[1, 1] = 1.0
+    assert ctrl.choice() == Choice(2, ((2, 0), (0, 1)))
+    ctrl.train()
+    a, b = ctrl.weights().attn, ctrl.weights().attn
+    assert not torch.equal(a, b)  # sampled
+    assert torch.allclose(a.sum(-1), torch.ones(3))
+    ctrl.eval()
+    assert torch.equal(ctrl.weights().attn, ctrl.probs().attn)
+
+
+@pytest.fixture(scope="module")
+def tables():
+    model = FlopsModel(batch=1)
+    return {s: CostTable.build(s, model) for s in (SPACE, SPACE_LIN)}
+
+
+@pytest.mark.parametrize("space", [SPACE, SPACE_LIN])
+def test_cost_table_is_exact_for_every_architecture(tables, space):
+    table = tables[space]
+    model = FlopsModel(batch=1)
+    for choice in table.choices():
+        assert table.of(choice) == model.predict(space.arch(choice)).flops
+    assert table.reference() == model.predict(space.full_arch()).flops
+    cheapest, cost = table.cheapest()
+    assert cost == min(table.of(c) for c in table.choices())
+
+
+@pytest.mark.parametrize("target, kind", [("x86_64", "latency"), ("arm64", "energy")])
+def test_cost_table_is_exact_for_the_calibrated_models(target, kind):
+    from dnsrec_edge.cost.calibrated import load_cost_model
+
+    model = load_cost_model(target)
+    table = CostTable.build(SPACE, model, kind, target)
+    for choice in itertools.islice(table.choices(), 0, None, 29):
+        assert table.of(choice) == pytest.approx(
+            model.predict(SPACE.arch(choice)).get(kind), rel=1e-9
+        )
+
+
+def test_expected_cost_of_one_hot_weights_is_the_cost(tables):
+    table = tables[SPACE]
+    for choice in itertools.islice(table.choices(), 0, None, 37):
+        w = MixWeights.one_hot(choice, SPACE.max_depth, SPACE.n_attn, SPACE.n_ffn)
+        assert float(table.expected(w)) == pytest.approx(table.of(choice), rel=1e-9)
+
+
+def test_expected_cost_is_the_mean_over_sampled_architectures(tables):
+    table = tables[SPACE]
+    ctrl = ArchController(SPACE.max_depth, SPACE.n_attn, SPACE.n_ffn)
+    with torch.no_grad():
+        for p in ctrl.parameters():
+            p.normal_()
+    w = ctrl.probs()
+    exact = 0.0
+    for choice in table.choices():  # every architecture with its probability
+        exact += torch.exp(torch.tensor(ctrl.log_prob(choice))).item() * table.of(choice)
+    assert float(table.expected(w).detach()) == pytest.approx(exact, rel=1e-5)
+
+
+def test_expected_cost_gradient_lowers_the_cost(tables):
+    table = tables[SPACE]
+    ctrl = ArchController(SPACE.max_depth, SPACE.n_attn, SPACE.n_ffn)
+    opt = torch.optim.Adam(ctrl.parameters(), lr=0.05)
+    start = table.expected(ctrl.probs()).item()
+    for _ in range(20):
+        loss = table.expected(ctrl.probs()) / start
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert table.expected(ctrl.probs()).item() < 0.5 * start
+
+
+def test_dual_ascent_rises_over_budget_and_falls_under():
+    pen = Penalty("dynamic", lam=0.1, step=0.1)
+    pen.update(2.0)
+    assert pen.lam == pytest.approx(0.2)
+    pen.update(0.5)
+    assert pen.lam == pytest.approx(0.15)
+    for _ in range(3):
+        pen.update(0.0)
+    assert pen.lam == pytest.approx(-0.15)  # far under budget: pulls towards it
+    fixed = Penalty("fixed", lam=0.1, step=0.1)
+    fixed.update(5.0)
+    assert fixed.lam == 0.1
+    ratio = torch.tensor(1.5, requires_grad=True)
+    term = fixed.term(ratio, 0.5)
+    term.backward()
+    assert term.item() == pytest.approx(0.075) and ratio.grad.item() == pytest.approx(0.05)
+
+
+def test_depth_factor_follows_the_preferred_depth():
+    w = MixWeights.one_hot(Choice(2, ((0, 0), (0, 0))), 4, 3, 3)
+    assert depth_factor(w) == 0.5
+
+
+def test_most_probable_in_budget_is_exhaustive(tables):
+    table = tables[SPACE]
+    ctrl = ArchController(SPACE.max_depth, SPACE.n_attn, SPACE.n_ffn)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in ctrl.parameters():
+            p.normal_()
+    limit = 0.3 * table.reference()
+    got = most_probable_in_budget(ctrl, table, limit)
+    brute = max(
+        (c for c in table.choices() if table.of(c) <= limit), key=lambda c: ctrl.log_prob(c)
+    )
+    assert got == brute and table.of(got) <= limit
+    assert most_probable_in_budget(ctrl, table, 0.5 * table.cheapest()[1]) is None
+
+
+def test_search_config_validation():
+    with pytest.raises(Exception, match="warmup_epochs must lie in 0..epochs-1"):
+        SearchConfig(epochs=2, warmup_epochs=2)
+    with pytest.raises(Exception, match="penalty 'soft' is not one of dynamic, fixed"):
+        SearchConfig(penalty="soft")

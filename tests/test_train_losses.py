@@ -1,0 +1,77 @@
+"""Losses: logits only at real positions, equal to the full computation; all three losses learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnsrec_edge.data.batching import train_batches
+from dnsrec_edge.models.archspec import ArchSpec
+from dnsrec_edge.models.sasrec import SASRec
+from dnsrec_edge.train.losses import sequence_loss
+
+
+@pytest.fixture
+def model_and_batch(ml100k_small):
+    torch.manual_seed(0)
+    model = SASRec(ArchSpec.uniform(ml100k_small.n_items, 30, 16, 1, 1), dropout=0.0)
+    users = ml100k_small.lengths().argsort()[::10]  # short and long histories
+    item_seq, targets = next(train_batches(ml100k_small, 30, 16, rng=0, users=users))
+    return model, item_seq, targets
+
+
+def test_ce_equals_masked_full_softmax(model_and_batch):
+    model, item_seq, targets = model_and_batch
+    logits = model.score(model(item_seq))  # (B, T, n) at every position
+    keep = targets != 0
+    want = F.cross_entropy(logits[keep], targets[keep] - 1)
+    got = sequence_loss(model, item_seq, targets, "ce")
+    assert torch.allclose(got, want, atol=1e-6)
+    assert (~keep).any()  # the batch has padding that was skipped
+
+
+def test_sampled_masks_accidental_hits(model_and_batch):
+    model, item_seq, targets = model_and_batch
+    n = model.arch.n_items
+    # With every item as a "negative", the uniform sampled softmax over [target, all others]
+    # equals the full softmax: the target's duplicate among the negatives is masked.
+    gen = torch.Generator().manual_seed(0)
+    sampled = sequence_loss(model, item_seq, targets, "sampled", negatives=20 * n, generator=gen)
+    full = sequence_loss(model, item_seq, targets, "ce")
+    assert sampled > full  # duplicates add mass, never the target itself
+    assert torch.isfinite(sampled)
+
+
+@pytest.mark.parametrize(
+    ("loss", "extra"),
+    [
+        ("ce", {}),
+        ("sampled", {"negatives": 64}),
+        ("bce", {"negatives": 1}),
+        ("sampled-pop", {"negatives": 64}),
+    ],
+)
+def test_each_loss_decreases(model_and_batch, ml100k_small, loss, extra):
+    model, item_seq, targets = model_and_batch
+    log_q = None
+    if loss == "sampled-pop":
+        counts = torch.from_numpy(ml100k_small.item_counts[1:]).double()
+        log_q = (counts / counts.sum()).log().float()
+        loss = "sampled"
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    values = []
+    for _ in range(15):
+        value = sequence_loss(model, item_seq, targets, loss, log_q=log_q, generator=gen, **extra)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        values.append(value.item())
+    assert values[-1] < 0.8 * values[0]
+
+
+def test_unknown_loss(model_and_batch):
+    model, item_seq, targets = model_and_batch
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        sequence_loss(model, item_seq, targets, "mse")

@@ -1,0 +1,110 @@
+"""Trainer and checkpoints on a real ml-100k slice: learning, early stopping, resume, refusal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dnsrec_edge.errors import CheckpointMismatch, InputFileError, OutputExists
+from dnsrec_edge.evaluate import evaluate
+from dnsrec_edge.models.sasrec import SASRec
+from dnsrec_edge.train.checkpoint import load_checkpoint, save_checkpoint
+from dnsrec_edge.train.trainer import TrainConfig, baseline_arch, train_baseline, train_model
+
+TINY = {"max_len": 30, "hidden": 16, "blocks": 1, "batch_size": 32, "threads": 1, "lr": 5e-3}
+
+
+def _model(dataset, config):
+    torch.manual_seed(config.seed)
+    return SASRec(baseline_arch(dataset, config), dropout=config.dropout)
+
+
+@pytest.mark.slow
+def test_training_learns_and_restores_the_best(ml100k_small, tmp_path):
+    config = TrainConfig(epochs=4, **TINY)
+    model = _model(ml100k_small, config)
+    before = evaluate(model.predict, ml100k_small, "valid", 30, protocols=("full",))["full"]
+    result = train_model(model, ml100k_small, config, out_dir=tmp_path, quiet=True)
+    assert result.epochs == 4 and result.stopped == "epochs" and len(result.history) == 4
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.best_valid["ndcg@10"] > before["ndcg@10"]
+    best = max(result.history, key=lambda r: r["valid_ndcg@10"])
+    assert result.best_epoch == best["epoch"]
+    again = evaluate(result.model.predict, ml100k_small, "valid", 30, protocols=("full",))["full"]
+    assert again == pytest.approx(result.best_valid)  # the best weights were restored
+    loaded, meta = load_checkpoint(
+        tmp_path / "model.pt", dataset_fingerprint=ml100k_small.fingerprint
+    )
+    assert meta["kind"] == "sasrec" and meta["extra"]["dataset_name"] == "ml-100k-small"
+    seq = torch.tensor([[0] * 25 + [1, 2, 3, 4, 5]])
+    assert torch.allclose(loaded.predict(seq), result.model.predict(seq), atol=1e-6)
+
+
+def test_early_stopping_on_patience(ml100k_small):
+    config = TrainConfig(epochs=50, patience=1, **{**TINY, "lr": 1e-9, "max_len": 10})
+    result = train_model(_model(ml100k_small, config), ml100k_small, config, quiet=True)
+    assert result.stopped == "patience" and result.epochs < 50
+
+
+@pytest.mark.slow
+def test_resume_after_interrupt_matches_uninterrupted(ml100k_small, tmp_path):
+    config = TrainConfig(epochs=2, **{**TINY, "loss": "sampled", "negatives": 32})
+    straight = train_model(
+        _model(ml100k_small, config), ml100k_small, config, tmp_path / "a", quiet=True
+    )
+
+    def interrupt(info):
+        if info.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(
+            _model(ml100k_small, config),
+            ml100k_small,
+            config,
+            tmp_path / "b",
+            quiet=True,
+            on_batch=interrupt,
+        )
+    resumed = train_model(
+        _model(ml100k_small, config), ml100k_small, config, tmp_path / "b", quiet=True, resume=True
+    )
+    assert resumed.epochs == 2 and [r["epoch"] for r in resumed.history] == [1, 2]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_run_folder_refusal_and_force(ml100k_small, tmp_path):
+    config = TrainConfig(epochs=1, **{**TINY, "max_len": 10})
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExists):
+        train_baseline(ml100k_small, out, config, quiet=True, protocols=("full",))
+    result = train_baseline(ml100k_small, out, config, quiet=True, force=True, protocols=("full",))
+    assert (out / "notes.txt").read_text() == "mine"  # --force replaces run files only
+    assert set(result.metrics) == {"valid", "test"} and (out / "metrics.json").exists()
+    with pytest.raises(InputFileError, match="no training state"):
+        train_model(
+            _model(ml100k_small, config), ml100k_small, config, tmp_path / "empty", resume=True
+        )
+
+
+def test_checkpoint_errors(ml100k_small, ml100k, tmp_path):
+    config = TrainConfig(epochs=1, **TINY)
+    model = _model(ml100k_small, config)
+    path = save_checkpoint(
+        tmp_path / "m.pt", model, ml100k_small.fingerprint, {"dataset_name": "ml-100k-small"}
+    )
+    with pytest.raises(CheckpointMismatch) as err:
+        load_checkpoint(path, dataset_fingerprint=ml100k.fingerprint, dataset_name="ml-100k")
+    assert str(err.value) == (
+        f"checkpoint '{path}' was trained on dataset 'ml-100k-small' ({ml100k_small.fingerprint[:12]}…), "
+        f"not on 'ml-100k' ({ml100k.fingerprint[:12]}…); evaluate it on the dataset (and --min-count) it was trained on"
+    )
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputFileError, match="it is damaged or not a dnsrec-edge checkpoint"):
+        load_checkpoint(junk)
+    with pytest.raises(InputFileError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
