@@ -6,7 +6,7 @@ import json
 
 import click
 
-from dnsrec_edge.data.readers import FORMATS
+from dnsrec_edge.data.formats import FORMATS
 
 
 def dataset_options(func):

@@ -69,6 +69,12 @@ from dnsrec_edge.flow.presets import PRESETS, STAGE_NAMES
     type=click.Path(file_okay=False),
     help="Cost-model store to read and to append measurements to (default the user store).",
 )
+@click.option(
+    "--refit",
+    is_flag=True,
+    help="After benching, refit the target's cost model from its measurement records (a "
+    "later latency- or energy-budget search then redoes the search with it).",
+)
 @click.option("--threads", type=int, help="Torch threads for training (default all cores).")
 @click.pass_context
 def pipeline_cmd(
@@ -86,6 +92,7 @@ def pipeline_cmd(
     preset: str | None,
     quick: bool,
     calibration_dir: str | None,
+    refit: bool,
     threads: int | None,
 ) -> None:
     """Data, baseline, search, prune, fine-tune, export, compile, bench, calibrate, report.
@@ -115,6 +122,7 @@ def pipeline_cmd(
         preset="smoke" if quick else preset or ("short" if embedded else "full"),
         calibration_dir=calibration_dir,
         threads=threads,
+        refit=refit,
         quiet=ctx.obj.get("quiet", False),
     )
     click.echo(render_table(result))

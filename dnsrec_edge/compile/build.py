@@ -57,6 +57,38 @@ def import_relax(model: OnnxModel, shape: list[int]):
         ) from err
 
 
+def fast_sigmoid_pass():
+    """A Relax pass: ``sigmoid(x)`` -> ``1 / (1 + fast_exp(-x))`` (the data-aware gates).
+
+    TVM's FastMathTransform covers exp, softmax, erf and tanh but not sigmoid, which otherwise
+    lowers to one scalar libm ``expf`` per element.
+    """
+    import tvm
+    from tvm import relax, topi
+
+    @relax.expr_functor.mutator
+    class FastSigmoid(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.sigmoid":
+                return self.builder_.call_te(_te_fast_sigmoid, call.args[0])
+            return call
+
+    def _te_fast_sigmoid(x):
+        one = tvm.tirx.const(1.0, x.dtype)
+        return topi.divide(one, topi.add(one, topi.fast_exp(topi.negative(x))))
+
+    @tvm.transform.module_pass(opt_level=0, name="DnsrecFastSigmoid")
+    def transform(mod, _ctx):
+        mutator = FastSigmoid(mod)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return transform
+
+
 def lower_to_tir(mod, tvm_target):
     """Legalise Relax ops into fused TIR kernels (what tuning and scheduling work on)."""
     import tvm
@@ -67,8 +99,9 @@ def lower_to_tir(mod, tvm_target):
     passes = [
         *_backend(tvm_target).library_dispatch_passes(tvm_target),
         relax.transform.DecomposeOpsForInference(),
-        # exp/softmax as polynomials that vectorise (libm's expf does not); error < 1e-6
+        # exp/softmax/sigmoid as polynomials that vectorise (libm's expf does not); error < 1e-6
         relax.transform.FastMathTransform(),
+        fast_sigmoid_pass(),
         *cpu.legalize_passes(tvm_target),
     ]
     with tvm_target:

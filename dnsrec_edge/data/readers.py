@@ -13,18 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from dnsrec_edge.data.formats import FORMATS, SUFFIX_FORMATS
 from dnsrec_edge.errors import DataError, InputFileError
 
-FORMATS = ("grouplens", "csv", "tsv", "parquet", "inter")
-SUFFIX_FORMATS = {
-    ".dat": "grouplens",
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".txt": "tsv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".inter": "inter",
-}
 ROLES = ("user", "item", "time")
 # Names tried, in order, when a column name is not given.
 DEFAULT_COLUMNS = {

@@ -181,7 +181,8 @@ def build_stages(plan: steps.Plan, emulate: bool = False) -> list[Stage]:
             {
                 "refit": plan.refit,
                 "calibration_dir": plan.calibration_dir,
-                "cost_model": steps.cost_model_id(plan),
+                # the model file it reads, unless it refits that file itself
+                "cost_model": None if plan.refit else steps.cost_model_id(plan),
             },
         ),
         ("report", lambda _plan, ctx: _run_report(ctx), STAGE_NAMES[:-1], {}),
