@@ -111,9 +111,9 @@ def bench_model(name, arch, batches, trials, work: Path, rounds: int, tune_batch
         options = ort.SessionOptions()
         options.intra_op_num_threads = os.cpu_count()
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        torch.set_num_threads(os.cpu_count())
-        # PyTorch eager on its own: interleaved with spinning ORT/TVM thread pools its OpenMP
-        # threads stall (10-20x slower on 2 shared cores), which would measure the contention.
+        # PyTorch eager on its own and on one thread: with 2 OpenMP threads on 2 busy shared
+        # cores it ran 100x slower here (barrier waits), which measures contention, not torch.
+        torch.set_num_threads(1)
         with torch.no_grad():
             torch_ms = interleaved_medians(
                 {"torch": lambda xt=xt: model.predict(xt)}, rounds, 20 if batch == 1 else 3
@@ -138,6 +138,7 @@ def bench_model(name, arch, batches, trials, work: Path, rounds: int, tune_batch
         res = per_threads[best]
         out[key] = {
             "torch_ms": round(torch_ms, 4),
+            "torch_threads": 1,
             "torch_interleaved_ms": round(res["torch"], 4),
             "ort_ms": round(res["ort"], 4),
             "tvm_default_ms": round(res["tvm_default"], 4),

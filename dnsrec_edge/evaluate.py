@@ -43,18 +43,24 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 256,
     quiet: bool = True,
+    trim: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Leave-one-out metrics of ``scores_fn`` on ``part`` ("valid" or "test").
 
     ``scores_fn(item_seq (B, max_len) int64) -> (B, n_items)`` scores (column j = item j+1),
     e.g. ``model.predict`` (a module's bound method is switched to eval mode while it runs),
     an ONNX Runtime or TVM wrapper. Returns ``{protocol: {"hr@k", "ndcg@k", "mrr@k"}}``.
+    ``trim=True`` batches users of similar history length and passes ``(B, T)`` inputs with
+    ``T <= max_len`` (the longest history in the batch): same results for models that accept
+    any length (SASRec), much less padding work.
     """
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise ValueError(f"unknown protocol(s) {unknown}; choose from {PROTOCOLS}")
     item_seq, target = eval_inputs(dataset, part, max_len)
     seen, offsets = seen_items(dataset, part)
+    lengths = np.minimum(np.diff(offsets), max_len)  # real positions per input row
+    order = np.argsort(lengths, kind="stable") if trim else np.arange(dataset.n_users)
     log_pop = torch.from_numpy(np.log(dataset.item_counts[1:].astype(np.float64).clip(min=1e-12)))
     sums = {p: np.zeros(3) for p in protocols}
     owner = getattr(scores_fn, "__self__", None)
@@ -62,15 +68,16 @@ def evaluate(
     if was_training:
         owner.eval()
     try:
-        starts = range(0, dataset.n_users, batch_size)
-        for start in track(starts, f"evaluate {part}", quiet=quiet):
-            stop = min(start + batch_size, dataset.n_users)
+        batches = [order[i : i + batch_size] for i in range(0, dataset.n_users, batch_size)]
+        for users in track(batches, f"evaluate {part}", quiet=quiet):
+            rows = torch.from_numpy(users)
+            width = max(1, int(lengths[users].max())) if trim else max_len
             with torch.no_grad():
-                scores = torch.as_tensor(scores_fn(item_seq[start:stop])).float()  # (B, n)
-            _check_shape(scores, stop - start, dataset)
+                scores = torch.as_tensor(scores_fn(item_seq[rows, max_len - width :])).float()
+            _check_shape(scores, len(users), dataset)  # (B, n)
             scores = torch.nan_to_num(scores, nan=-torch.inf)
-            tgt = target[start:stop] - 1  # (B,) score column of the target
-            excluded = _seen_mask(seen, offsets, start, stop, dataset.n_items, tgt)  # (B, n)
+            tgt = target[rows] - 1  # (B,) score column of the target
+            excluded = _seen_mask(seen, offsets, users, dataset.n_items, tgt)  # (B, n)
             if not exclude_seen:
                 excluded.zero_()
             for p in protocols:
@@ -78,7 +85,7 @@ def evaluate(
                     ranks = _rank_full(scores, tgt, excluded)
                 else:
                     weights = None if p == "uni100" else log_pop
-                    ranks = _rank_sampled(scores, tgt, excluded, seed, start, weights)
+                    ranks = _rank_sampled(scores, tgt, excluded, seed, users, weights)
                 sums[p] += _metric_sums(ranks, k)
     finally:
         if was_training:
@@ -99,15 +106,17 @@ def _check_shape(scores: torch.Tensor, rows: int, dataset: Dataset) -> None:
 
 
 def _seen_mask(
-    seen: np.ndarray, offsets: np.ndarray, start: int, stop: int, n_items: int, tgt: torch.Tensor
+    seen: np.ndarray, offsets: np.ndarray, users: np.ndarray, n_items: int, tgt: torch.Tensor
 ) -> torch.Tensor:
     """``(B, n_items)`` bool: items seen before the target, the target itself left out."""
-    lens = np.diff(offsets[start : stop + 1])
-    rows = np.repeat(np.arange(stop - start), lens)
-    cols = seen[offsets[start] : offsets[stop]] - 1
-    mask = torch.zeros(stop - start, n_items, dtype=torch.bool)
+    lens = offsets[users + 1] - offsets[users]
+    rows = np.repeat(np.arange(len(users)), lens)
+    # position of every seen item in ``seen``: each user's offset plus 0..len-1
+    first = np.repeat(offsets[users] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+    cols = seen[first + np.arange(lens.sum())] - 1
+    mask = torch.zeros(len(users), n_items, dtype=torch.bool)
     mask[torch.from_numpy(rows), torch.from_numpy(cols)] = True
-    mask[torch.arange(stop - start), tgt] = False
+    mask[torch.arange(len(users)), tgt] = False
     return mask
 
 
@@ -125,13 +134,13 @@ def _rank_sampled(
     tgt: torch.Tensor,
     excluded: torch.Tensor,
     seed: int,
-    start: int,
+    users: np.ndarray,
     log_weights: torch.Tensor | None,
 ) -> torch.Tensor:
     """0-based rank of the target among ``N_NEGATIVES`` sampled negatives."""
     forbidden = excluded.clone()
     forbidden[torch.arange(len(tgt)), tgt] = True
-    neg, valid = sample_negatives(seed, start, forbidden, log_weights)
+    neg, valid = sample_negatives(seed, users, forbidden, log_weights)
     cand = scores.gather(1, neg)  # (B, 100)
     t = scores.gather(1, tgt[:, None])  # (B, 1)
     return ((cand > t) & valid).sum(1) + ((cand == t) & valid).sum(1)
@@ -139,21 +148,21 @@ def _rank_sampled(
 
 def sample_negatives(
     seed: int,
-    start: int,
+    users: np.ndarray,
     forbidden: torch.Tensor,
     log_weights: torch.Tensor | None = None,
     n: int = N_NEGATIVES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score columns of ``n`` negatives per row, without replacement, and their validity mask.
 
-    Row ``r`` belongs to user ``start + r``; ``forbidden`` (B, n_items) marks columns never
-    drawn; ``log_weights`` (n_items,) makes draws proportional to ``exp(log_weights)``
+    Row ``r`` belongs to user index ``users[r]``; ``forbidden`` (B, n_items) marks columns
+    never drawn; ``log_weights`` (n_items,) makes draws proportional to ``exp(log_weights)``
     (uniform when ``None``). Weighted sampling without replacement by exponential keys
     (Efraimidis-Spirakis): the negatives are the top keys ``log(u) / w`` over allowed items.
     A row with fewer than ``n`` allowed items gets ``valid`` False on the missing ones.
     """
-    b, n_items = forbidden.shape
-    users = np.arange(start, start + b, dtype=np.uint64)
+    n_items = forbidden.shape[1]
+    users = np.asarray(users).astype(np.uint64)
     keys = torch.from_numpy(np.log(_uniform(seed, users, n_items)))  # (B, n_items) float64, < 0
     if log_weights is not None:
         keys = keys * torch.exp(-log_weights.double())  # log(u) / w

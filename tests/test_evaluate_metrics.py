@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,7 +96,7 @@ def test_pop_sampling_follows_popularity(ml100k):
     counts = torch.from_numpy(ml100k.item_counts[1:]).double()
     forbidden = torch.zeros(400, ml100k.n_items, dtype=torch.bool)
     forbidden[:, 0] = True
-    neg, valid = sample_negatives(0, 0, forbidden, counts.log())
+    neg, valid = sample_negatives(0, np.arange(400), forbidden, counts.log())
     assert valid.all() and neg.shape == (400, 100)
     assert (neg != 0).all()
     for row in neg[:20]:
@@ -103,7 +104,7 @@ def test_pop_sampling_follows_popularity(ml100k):
     freq = torch.bincount(neg.flatten(), minlength=ml100k.n_items).double()
     top = counts.argsort(descending=True)
     assert freq[top[:50]].mean() > 5 * freq[top[-500:]].mean()
-    uniform, _ = sample_negatives(0, 0, forbidden)
+    uniform, _ = sample_negatives(0, np.arange(400), forbidden)
     ufreq = torch.bincount(uniform.flatten(), minlength=ml100k.n_items).double()
     assert ufreq[top[:50]].mean() < 2 * ufreq[top[-500:]].mean()
 
@@ -111,7 +112,7 @@ def test_pop_sampling_follows_popularity(ml100k):
 def test_few_allowed_items(ml100k_small):
     forbidden = torch.ones(2, 30, dtype=torch.bool)
     forbidden[:, :5] = False
-    neg, valid = sample_negatives(0, 0, forbidden)
+    neg, valid = sample_negatives(0, np.arange(2), forbidden)
     assert valid.sum(1).tolist() == [5, 5] and set(neg[0][valid[0]].tolist()) == set(range(5))
 
 
@@ -132,3 +133,15 @@ def test_wrong_score_width(ml100k_small):
         f"the model returned scores of shape (150, 7) but dataset 'ml-100k-small' needs "
         f"(150, {ml100k_small.n_items}); evaluate it on the dataset it was trained on"
     )
+
+
+def test_trimmed_evaluation_equals_padded(ml100k_small):
+    from dnsrec_edge.models.archspec import ArchSpec
+    from dnsrec_edge.models.sasrec import SASRec
+
+    torch.manual_seed(0)
+    model = SASRec(ArchSpec.uniform(ml100k_small.n_items, 60, 16, 2, 1)).eval()
+    padded = evaluate(model.predict, ml100k_small, "valid", max_len=60, batch_size=32)
+    trimmed = evaluate(model.predict, ml100k_small, "valid", max_len=60, batch_size=32, trim=True)
+    for protocol, values in padded.items():
+        assert trimmed[protocol] == pytest.approx(values, abs=1e-9)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from dnsrec_edge.data.batching import train_batches
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.models.sasrec import SASRec
-from dnsrec_edge.train.losses import sequence_loss
+from dnsrec_edge.train.losses import linear_cross_entropy, sequence_loss
 
 
 @pytest.fixture
@@ -75,3 +75,15 @@ def test_unknown_loss(model_and_batch):
     model, item_seq, targets = model_and_batch
     with pytest.raises(ValueError, match="unknown loss 'mse'"):
         sequence_loss(model, item_seq, targets, "mse")
+
+
+def test_fused_cross_entropy_matches_autograd():
+    torch.manual_seed(0)
+    h = torch.randn(700, 16, requires_grad=True)  # more rows than one chunk
+    w = torch.randn(300, 16, requires_grad=True)
+    target = torch.randint(0, 300, (700,))
+    (3 * linear_cross_entropy(h, w, target)).backward()
+    fused = (h.grad.clone(), w.grad.clone())
+    h.grad = w.grad = None
+    (3 * F.cross_entropy(h @ w.t(), target)).backward()
+    assert torch.allclose(fused[0], h.grad, atol=1e-6) and torch.allclose(fused[1], w.grad, atol=1e-6)

@@ -258,6 +258,7 @@ def evaluate_cmd(
             exclude_seen=not include_seen,
             seed=seed,
             quiet=quiet,
+            trim=True,  # SASRec and the supernet accept any length up to max_len
         )
         for p in (part or PART_CHOICES)
     }

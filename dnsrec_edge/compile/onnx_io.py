@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,8 +142,6 @@ def fold_static(model: OnnxModel, shape: list[int]) -> Any:
             for dim, value in zip(graph_input.type.tensor_type.shape.dim, shape, strict=True):
                 dim.ClearField("dim_param")
                 dim.dim_value = value
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="dnsrec-fold-") as tmp:
         out = Path(tmp) / "folded.onnx"
         options = ort.SessionOptions()

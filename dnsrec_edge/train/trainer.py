@@ -218,6 +218,7 @@ def train_model(
             config.max_len,
             protocols=("full",),
             batch_size=config.eval_batch_size,
+            trim=True,  # models trained here accept T < max_len
         )["full"]
         seconds = start_seconds + time.perf_counter() - t0
         record = {
@@ -374,6 +375,7 @@ def train_baseline(
             protocols=protocols,
             batch_size=config.eval_batch_size,
             quiet=quiet,
+            trim=True,
         )
         for part in ("valid", "test")
     }
