@@ -25,6 +25,7 @@ import torch
 from dnsrec_edge.compile.artifact import set_threads
 from dnsrec_edge.compile.build import compile as compile_model
 from dnsrec_edge.export.onnx_export import export_onnx
+from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 from dnsrec_edge.models.sasrec import SASRec
 
@@ -194,8 +195,7 @@ def main() -> None:
         "models": results,
         "archs": {k: v.to_dict() for k, v in models.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
     print(f"wrote {args.out}")
 
 

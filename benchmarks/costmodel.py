@@ -46,8 +46,12 @@ ABLATIONS = {
         "gemm": [f for f in MATMUL if f.startswith("gemm")],
         "gemv": [f for f in MATMUL if f.startswith("gemv")],
     },
+    "no 16/8-column tile split": {
+        "gemm": ["gemm_gflop", "gemm8_gflop"],
+        "gemv": ["gemv_gflop", "gemv8_gflop"],
+    },
     "no gemv/gemm split": {
-        "vector": ["gemm_gflop", "gemv_gflop"],
+        "vector": ["gemm_gflop", "gemv_gflop", "gemm8_gflop", "gemv8_gflop"],
         "scalar": ["gemm_scalar_gflop", "gemv_scalar_gflop"],
         "scalar_par": ["gemm_scalar_par_gflop", "gemv_scalar_par_gflop"],
     },

@@ -25,6 +25,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from baseline import SETTINGS as RECIPES  # benchmarks/baseline.py, beside this script
 
 from dnsrec_edge.cost.analysis import analyze, param_count
 from dnsrec_edge.data.load import load_dataset
@@ -34,9 +35,12 @@ from dnsrec_edge.search.loop import SearchConfig
 from dnsrec_edge.search.retrain import retrain
 from dnsrec_edge.search.run import search
 from dnsrec_edge.search.space import SearchSpace
-from dnsrec_edge.train.trainer import TrainConfig, baseline_arch, train_baseline
+from dnsrec_edge.train.config import TrainConfig
+from dnsrec_edge.train.trainer import baseline_arch, train_baseline
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# training settings that must match for a baseline.json entry to stand for this baseline
+RECIPE_KEYS = ("max_len", "epochs", "patience", "lr", "batch_size", "dropout", "valid_share", "ema")
 log = logging.getLogger("bench.search")
 
 
@@ -67,20 +71,33 @@ def _metrics(m: dict) -> dict:
 def baseline_figures(dataset, train_cfg: TrainConfig, work: Path, out: Path, rerun: bool) -> dict:
     """The baseline's figures and training time: from baseline.json or an earlier run of this
     benchmark when they match the dataset and settings, else trained here."""
-    settings = {
-        "fingerprint": dataset.fingerprint,
-        "max_len": train_cfg.max_len,
-        "epochs": train_cfg.epochs,
-        "patience": train_cfg.patience,
+    settings = {"fingerprint": dataset.fingerprint} | {
+        k: getattr(train_cfg, k) for k in RECIPE_KEYS
     }
     for path in (RESULTS / "baseline.json", out):
         if rerun or not path.is_file():
             continue
         saved = json.loads(path.read_text()).get(dataset.name, {})
         saved = saved.get("baseline", saved)
-        if saved.get("settings") == settings and "full" in saved:
+        used = saved.get("settings", {})
+        fingerprint = used.get("fingerprint") or saved.get("dataset", {}).get("fingerprint")
+        same = fingerprint == dataset.fingerprint and all(
+            used.get(k) == v for k, v in settings.items() if k != "fingerprint"
+        )
+        if same and "full" in saved:
             log.info("baseline of %s from %s", dataset.name, path)
-            return saved
+            arch = baseline_arch(dataset, train_cfg)
+            return {
+                "source": str(path.relative_to(RESULTS.parent.parent)),
+                "settings": settings,
+                "arch": arch.to_dict(),
+                **_metrics(saved),
+                "flops": analyze(arch).flops,
+                "params": param_count(arch),
+                "train_seconds": saved["train_seconds"],
+                "best_epoch": saved.get("best_epoch"),
+                "epochs": saved.get("epochs"),
+            }
     log.info("training the baseline of %s here", dataset.name)
     cpu = time.process_time()
     result = train_baseline(dataset, work / "baseline", train_cfg, force=True, quiet=True)
@@ -159,7 +176,8 @@ def run_budget(
 def bench_dataset(name: str, args) -> None:
     dataset = load_dataset(name, quiet=True)
     out = Path(args.out)
-    train_cfg = TrainConfig(threads=args.threads, max_len=args.max_len)
+    # the baseline's recipe (benchmarks/baseline.py) for the baseline and every retrain
+    train_cfg = TrainConfig(threads=args.threads, max_len=args.max_len, **RECIPES.get(name, {}))
     search_cfg = SearchConfig(
         epochs=args.epochs, warmup_epochs=args.warmup, max_len=args.max_len, threads=args.threads
     )

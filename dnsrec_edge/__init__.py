@@ -23,7 +23,7 @@ _API = {
     "Dataset": "dnsrec_edge.data.dataset",
     "train_baseline": "dnsrec_edge.train.trainer",
     "train_model": "dnsrec_edge.train.trainer",
-    "TrainConfig": "dnsrec_edge.train.trainer",
+    "TrainConfig": "dnsrec_edge.train.config",
     "evaluate": "dnsrec_edge.evaluate",
     "load_checkpoint": "dnsrec_edge.train.checkpoint",
     "save_checkpoint": "dnsrec_edge.train.checkpoint",

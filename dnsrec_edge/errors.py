@@ -106,3 +106,7 @@ class ExportError(DnsrecError):
 
 class PipelineError(DnsrecError):
     """Pipeline options that do not fit together (e.g. --emulate with a non-arm64 target)."""
+
+
+class TrainConfigError(DnsrecError):
+    """Training settings that cannot be used (unknown loss or schedule, non-positive sizes)."""

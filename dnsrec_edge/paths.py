@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE.parent
+
+
+def _shipped(name: str) -> Path:
+    """``dnsrec_edge/<name>`` in an installed wheel, else ``<name>/`` of the source checkout."""
+    inside = PACKAGE / name
+    return inside if inside.is_dir() else REPO_ROOT / name
 
 
 def home() -> Path:
@@ -21,12 +28,12 @@ def data_cache() -> Path:
 
 def targets_dir() -> Path:
     """Shipped target presets (``targets/*.toml``)."""
-    return REPO_ROOT / "targets"
+    return _shipped("targets")
 
 
 def shipped_calibration_dir() -> Path:
     """Calibration shipped with the toolkit; read-only once installed."""
-    return REPO_ROOT / "calibration"
+    return _shipped("calibration")
 
 
 def user_calibration_dir() -> Path:

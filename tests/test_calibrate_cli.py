@@ -25,6 +25,8 @@ BOARD = {
     "kernels": 0.004,
     "gemm_gflop": 120.0,
     "gemv_gflop": 200.0,
+    "gemm8_gflop": 160.0,
+    "gemv8_gflop": 260.0,
     "gemm_scalar_gflop": 500.0,
     "gemv_scalar_gflop": 700.0,
     "gemm_scalar_par_gflop": 900.0,

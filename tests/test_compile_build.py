@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,9 @@ def test_tuning_database_is_applied_and_reused(tiny_onnx, tmp_path, monkeypatch)
     db = tuned.manifest["tuning"]["database"]
     assert db and db.startswith(str(tmp_path / "home" / "tuning" / "x86_64"))
     assert info["scheduled_funcs"] >= 1  # records really applied, not silently dropped
+    lines = (Path(db) / "database_tuning_record.json").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert sum(max(r[1][1]) < 1.0 for r in records) > len(records) // 2  # candidates really ran
     ref_in, ref_out = tuned.reference()
     assert np.max(np.abs(tuned.run_local(ref_in) - ref_out)) <= 1e-4
     # a later compile of the same shapes picks the database up without --tune

@@ -5,7 +5,14 @@ import os
 import pytest
 
 from dnsrec_edge.errors import OutputExists, OutputNotWritable
-from dnsrec_edge.fsio import append_jsonl, atomic_write_json, ensure_new, read_jsonl
+from dnsrec_edge.fsio import (
+    UMASK,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_new,
+    read_jsonl,
+)
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -37,3 +44,8 @@ def test_torn_line_is_kept_and_reported(tmp_path):
     rows = list(read_jsonl(path))
     assert [r for _, r, _ in rows] == [{"a": 1}, None, {"a": 3}]
     assert rows[1][0] == 2 and '"b"' in rows[1][2]
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    path = atomic_write_text(tmp_path / "report.md", "x")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~UMASK

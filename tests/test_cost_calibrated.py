@@ -34,6 +34,8 @@ TRUE = {
     "kernels": 0.001,
     "gemm_gflop": 40.0,
     "gemv_gflop": 80.0,
+    "gemm8_gflop": 50.0,
+    "gemv8_gflop": 100.0,
     "gemm_scalar_gflop": 190.0,
     "gemv_scalar_gflop": 270.0,
     "gemm_scalar_par_gflop": 520.0,

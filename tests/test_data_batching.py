@@ -50,3 +50,35 @@ def test_eval_inputs_leave_one_out(ml100k_small):
     assert np.array_equal(seq[0].numpy(), s0[:-1][-20:])
     items, offsets = seen_items(ds, "test")
     assert np.array_equal(items[offsets[0] : offsets[1]], s0[:-1])  # full history, not truncated
+
+
+def test_crop_trains_on_earlier_windows(ml100k_small):
+    ds, max_len = ml100k_small, 20
+    long_users = [u for u in range(ds.n_users) if len(ds.sequences[u]) - 2 > max_len + 1]
+    last = {tuple(ds.sequences[u][:-2][-max_len:]) for u in long_users}
+    rows = [
+        tuple(row[row != 0])
+        for _, targets in train_batches(ds, max_len, 64, rng=0, users=long_users, crop=1.0)
+        for row in targets.numpy()
+    ]
+    assert len(rows) == len(long_users) and all(len(r) == max_len for r in rows)
+    assert not set(rows) & last  # every window ends before the most recent training item
+    histories = [ds.sequences[u][:-2].tobytes() for u in long_users]
+    for r in rows:  # each window is a contiguous piece of some user's history
+        assert any(np.array(r, dtype=np.int64).tobytes() in h for h in histories)
+
+
+def test_holdout_decides_who_trains_on_the_validation_item(ml100k_small):
+    ds, max_len = ml100k_small, 50
+    holdout = np.arange(ds.n_users) % 2 == 0  # even users keep their validation item out
+    last_target = {}
+    for item_seq, targets in train_batches(ds, max_len, 16, rng=0, holdout=holdout):
+        for row_in, row_out in zip(item_seq.numpy(), targets.numpy(), strict=True):
+            real = row_out[row_out != 0]
+            last_target[tuple(row_in[row_in != 0])] = real[-1]  # keyed by the user's window
+    for u in range(ds.n_users):
+        seq = ds.sequences[u]
+        cut = -2 if holdout[u] else -1
+        key = tuple(seq[:cut][-(max_len + 1) :][:-1])
+        assert last_target[key] == seq[cut - 1], u  # never the test item, valid only if not held
+    assert count_batches(ds, max_len, 16, holdout=holdout) == count_batches(ds, max_len, 16)

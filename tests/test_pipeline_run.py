@@ -27,6 +27,17 @@ def test_budget_only_enters_the_search_stage():
     assert "search" not in deps["baseline"] and deps["baseline"] == ("data",)
 
 
+def test_bench_uses_the_threads_of_the_measured_cost_model():
+    from dnsrec_edge.cost.calibrated import load_cost_model
+    from dnsrec_edge.flow.steps import bench_options
+
+    model = load_cost_model("x86_64")  # the shipped, measured model
+    assert model.kind == "measured"
+    assert bench_options(_plan("flops=25%"))["threads"] == model.meta["threads"]
+    arm = Plan("ml-100k", "arm64", (), "flops=25%", None, None, None, preset_settings("short"))
+    assert "threads" not in bench_options(arm)  # a prior model: the target's own count
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -93,3 +104,19 @@ def test_end_to_end_on_a_slice_then_rerun(tmp_path, ml100k_raw):
         csv, quick=True, out=run, calibration_dir=calib, threads=1, quiet=True, from_stage="report"
     )
     assert redo.reused() == list(STAGE_NAMES[:-1])
+
+    # a new budget: data and baseline are reused; the baseline's artifacts come from the
+    # run's compile cache (same ONNX bytes), the subnet's are compiled afresh
+    budget = pipeline(
+        csv,
+        quick=True,
+        budget="flops=40%",
+        out=run,
+        calibration_dir=calib,
+        threads=1,
+        quiet=True,
+    )
+    assert budget.reused() == ["data", "baseline"]
+    compiled = json.loads((run / "stages" / "compile" / "done.json").read_text())["result"]
+    for target in compiled.values():
+        assert target["baseline"]["reused"] is True

@@ -86,4 +86,6 @@ def test_fused_cross_entropy_matches_autograd():
     fused = (h.grad.clone(), w.grad.clone())
     h.grad = w.grad = None
     (3 * F.cross_entropy(h @ w.t(), target)).backward()
-    assert torch.allclose(fused[0], h.grad, atol=1e-6) and torch.allclose(fused[1], w.grad, atol=1e-6)
+    assert torch.allclose(fused[0], h.grad, atol=1e-6) and torch.allclose(
+        fused[1], w.grad, atol=1e-6
+    )

@@ -48,7 +48,7 @@ def test_early_stopping_on_patience(ml100k_small):
 
 @pytest.mark.slow
 def test_resume_after_interrupt_matches_uninterrupted(ml100k_small, tmp_path):
-    config = TrainConfig(epochs=2, **{**TINY, "loss": "sampled", "negatives": 32})
+    config = TrainConfig(epochs=2, **{**TINY, "loss": "sampled", "negatives": 32, "ema": 0.99})
     straight = train_model(
         _model(ml100k_small, config), ml100k_small, config, tmp_path / "a", quiet=True
     )
@@ -108,3 +108,19 @@ def test_checkpoint_errors(ml100k_small, ml100k, tmp_path):
         load_checkpoint(junk)
     with pytest.raises(InputFileError, match="does not exist"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+def test_valid_share_holds_out_a_seeded_subset(ml100k_small):
+    from dnsrec_edge.train.trainer import final_metrics, validation_holdout
+
+    assert validation_holdout(ml100k_small, TrainConfig(**TINY)) is None
+    config = TrainConfig(epochs=1, valid_share=0.25, **TINY)
+    holdout = validation_holdout(ml100k_small, config)
+    assert holdout.sum() == round(0.25 * ml100k_small.n_users)
+    assert (holdout == validation_holdout(ml100k_small, config)).all()  # same users every call
+    result = train_model(_model(ml100k_small, config), ml100k_small, config, quiet=True)
+    subset = ml100k_small.subset(holdout.nonzero()[0])
+    valid = evaluate(result.model.predict, subset, "valid", config.max_len, protocols=("full",))
+    both = final_metrics(result.model, ml100k_small, config, ("full",))
+    assert both["valid"]["full"] == pytest.approx(valid["full"])
+    assert result.best_valid == pytest.approx(valid["full"])

@@ -244,6 +244,15 @@ def check_arch(
         )
 
 
+def set_threads(session: Any, facts: dict[str, Any] | None, threads: int | None) -> int:
+    """Size the board's TVM thread pool (``None``: leave it) and return its thread count."""
+    if threads and (facts or {}).get("agent"):
+        return int(session.get_function("dnsrec_edge.set_threads")(threads))
+    if threads:
+        session.get_function("runtime.config_threadpool")(1, int(threads))
+    return int(session.get_function("runtime.NumThreads")())
+
+
 def load_library(session: Any, lib_path: str, name: str, where: str) -> Any:
     """Upload ``lib_path`` to the board and load it; a foreign library becomes DeviceError."""
     session.upload(lib_path, name)

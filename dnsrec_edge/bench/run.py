@@ -97,12 +97,7 @@ class _BoardRun:
         threads = self.opts["threads"]
         if not threads and self.opts["target_threads"]:  # the target's count, if the board has it
             threads = min(self.opts["target_threads"], facts.get("cpus_available") or 1 << 30)
-        if threads and facts.get("agent"):
-            self.result.threads = int(session.get_function("dnsrec_edge.set_threads")(threads))
-        else:
-            if threads:
-                session.get_function("runtime.config_threadpool")(1, int(threads))
-            self.result.threads = int(session.get_function("runtime.NumThreads")())
+        self.result.threads = rpc_mod.set_threads(session, facts, threads)
         lib = Path(self.art.path) / "lib.so"
         name = f"dnsrec_{manifest['files']['lib.so'][:16]}.so"
         module = rpc_mod.load_library(session, str(lib), name, where)

@@ -39,7 +39,9 @@ import click
     help="Sequence length [default: the model's].",
 )
 @click.option(
-    "--tune", is_flag=True, help="Tune the heaviest kernels with MetaSchedule on this host."
+    "--tune",
+    is_flag=True,
+    help="Tune the heaviest kernels with MetaSchedule, timed on this host or on --rpc's board.",
 )
 @click.option(
     "--trials",
@@ -55,6 +57,20 @@ import click
     help="Tuning database folder [default: one per target and model shapes under $DNSREC_EDGE_HOME/tuning].",
 )
 @click.option(
+    "--rpc",
+    metavar="HOST:PORT",
+    default=None,
+    help="With --tune: time the candidates on the board behind this TVM RPC server.",
+)
+@click.option(
+    "--rpc-tracker",
+    "tracker",
+    metavar="HOST:PORT",
+    default=None,
+    help="With --tune: time the candidates on a board leased from this RPC tracker.",
+)
+@click.option("--rpc-key", "key", default=None, help="Board key to ask the tracker for.")
+@click.option(
     "--targets-dir",
     type=click.Path(path_type=Path),
     default=None,
@@ -63,7 +79,20 @@ import click
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
 @click.pass_context
 def compile_cmd(
-    ctx, model, target, out_dir, batch, seq_len, tune, trials, tuning_db, targets_dir, force
+    ctx,
+    model,
+    target,
+    out_dir,
+    batch,
+    seq_len,
+    tune,
+    trials,
+    tuning_db,
+    rpc,
+    tracker,
+    key,
+    targets_dir,
+    force,
 ):
     """Compile an ONNX SASRec with Apache TVM for a hardware target.
 
@@ -82,6 +111,9 @@ def compile_cmd(
         tune=tune,
         trials=trials,
         tuning_db=tuning_db,
+        rpc=rpc,
+        tracker=tracker,
+        key=key,
         force=force,
         quiet=quiet,
         targets_dir=targets_dir,

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from dnsrec_edge.cli.data import columns_from, dataset_options
+from dnsrec_edge.train.config import LOSSES, SAMPLERS, SCHEDULES, TrainConfig
 
-LOSS_CHOICES = ("ce", "sampled", "bce")
+DEFAULTS = TrainConfig()
 PART_CHOICES = ("valid", "test")
 
 
@@ -50,68 +51,116 @@ def print_metrics(metrics: dict, title: str) -> None:
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
-    default=200,
+    default=DEFAULTS.epochs,
     show_default=True,
     help="Maximum epochs (the cosine schedule decays over them).",
 )
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=128,
+    default=DEFAULTS.batch_size,
     show_default=True,
     help="Users per batch.",
 )
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak Adam learning rate.")
 @click.option(
-    "--warmup-epochs", type=float, default=0.0, show_default=True, help="Linear warm-up length."
+    "--lr", type=float, default=DEFAULTS.lr, show_default=True, help="Peak Adam learning rate."
+)
+@click.option(
+    "--warmup-epochs",
+    type=float,
+    default=DEFAULTS.warmup_epochs,
+    show_default=True,
+    help="Linear warm-up length.",
 )
 @click.option(
     "--schedule",
-    type=click.Choice(("constant", "cosine")),
-    default="constant",
+    type=click.Choice(SCHEDULES),
+    default=DEFAULTS.schedule,
     show_default=True,
     help="Learning-rate schedule after warm-up.",
 )
 @click.option(
     "--loss",
-    type=click.Choice(LOSS_CHOICES),
-    default="ce",
+    type=click.Choice(LOSSES),
+    default=DEFAULTS.loss,
     show_default=True,
     help="ce: full softmax; sampled: shared negatives with logQ; bce: SASRec's original.",
 )
 @click.option(
     "--negatives",
     type=click.IntRange(min=1),
-    default=256,
+    default=DEFAULTS.negatives,
     show_default=True,
     help="Negatives per batch (sampled) or per position (bce).",
 )
 @click.option(
     "--sampler",
-    type=click.Choice(("uniform", "pop")),
-    default="uniform",
+    type=click.Choice(SAMPLERS),
+    default=DEFAULTS.sampler,
     show_default=True,
     help="Proposal of the sampled loss.",
 )
 @click.option(
-    "--max-len", type=click.IntRange(min=1), default=200, show_default=True, help="Sequence length."
+    "--max-len",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.max_len,
+    show_default=True,
+    help="Sequence length.",
 )
 @click.option(
-    "--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Embedding width."
+    "--valid-share",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=DEFAULTS.valid_share,
+    show_default=True,
+    help="Share of users whose validation item is held out for early stopping; the others "
+    "also train on it (test items are never trained on).",
 )
 @click.option(
-    "--blocks", type=click.IntRange(min=1), default=2, show_default=True, help="Transformer blocks."
+    "--crop",
+    type=click.FloatRange(0, 1),
+    default=DEFAULTS.crop,
+    show_default=True,
+    help="Chance that a history longer than --max-len trains on an earlier window.",
 )
 @click.option(
-    "--heads", type=click.IntRange(min=1), default=1, show_default=True, help="Attention heads."
+    "--hidden",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.hidden,
+    show_default=True,
+    help="Embedding width.",
 )
 @click.option(
-    "--dropout", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Dropout rate."
+    "--blocks",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.blocks,
+    show_default=True,
+    help="Transformer blocks.",
+)
+@click.option(
+    "--heads",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.heads,
+    show_default=True,
+    help="Attention heads.",
+)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=DEFAULTS.dropout,
+    show_default=True,
+    help="Dropout rate.",
+)
+@click.option(
+    "--ema",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=DEFAULTS.ema,
+    show_default=True,
+    help="Per-step decay of a weight average that is validated and kept (0: off).",
 )
 @click.option(
     "--patience",
     type=click.IntRange(min=1),
-    default=10,
+    default=DEFAULTS.patience,
     show_default=True,
     help="Stop after this many epochs without a better valid NDCG@10.",
 )
@@ -121,7 +170,7 @@ def print_metrics(metrics: dict, title: str) -> None:
     default=None,
     help="Stop after the epoch that passes this wall time.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Random seed.")
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
@@ -147,7 +196,7 @@ def train_cmd(
     """Train the SASRec baseline on a dataset and print HR/NDCG/MRR@10 for valid and test."""
     from dnsrec_edge.data.load import load_dataset
     from dnsrec_edge.fsio import ensure_new
-    from dnsrec_edge.train.trainer import TrainConfig, train_baseline
+    from dnsrec_edge.train.trainer import train_baseline
 
     quiet = ctx.obj.get("quiet", False)
     if not resume:
@@ -226,10 +275,12 @@ def evaluate_cmd(
     """Evaluate CHECKPOINT (a model.pt or a run folder) under full, uni100 and pop100."""
     import json
 
+    import numpy as np
+
     from dnsrec_edge.data.load import load_dataset
     from dnsrec_edge.evaluate import evaluate
     from dnsrec_edge.train.checkpoint import load_checkpoint, read_checkpoint
-    from dnsrec_edge.train.trainer import set_threads
+    from dnsrec_edge.train.trainer import set_threads, validation_holdout
 
     quiet = ctx.obj.get("quiet", False)
     set_threads(threads)
@@ -249,10 +300,13 @@ def evaluate_cmd(
         path, dataset_fingerprint=dataset.fingerprint, dataset_name=dataset.name
     )
     max_len = model.arch.max_len if hasattr(model, "arch") else extra.get("max_len", 200)
+    # valid: only the users whose validation item the model was not trained on
+    holdout = validation_holdout(dataset, TrainConfig.from_dict(extra.get("train_config", {})))
+    valid_set = dataset if holdout is None else dataset.subset(np.flatnonzero(holdout))
     metrics = {
         p: evaluate(
             model.predict,
-            dataset,
+            valid_set if p == "valid" else dataset,
             p,
             max_len,
             exclude_seen=not include_seen,

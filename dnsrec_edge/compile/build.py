@@ -211,16 +211,21 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
     tune: bool = False,
     trials: int = 256,
     tuning_db: str | Path | None = None,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
     force: bool = False,
     quiet: bool = False,
     targets_dir: str | Path | None = None,
 ) -> art.Artifact:
     """Compile an ONNX SASRec for ``target`` into an artifact folder and return it.
 
-    ``tune`` runs MetaSchedule for up to ``trials`` measured candidates (on this host; the
-    target must then match it) into a persistent database (``tuning_db`` or one per target
-    and model shapes under the user store); an existing database is applied even without
-    ``tune``. ``out_dir`` defaults to ``<model>-<target>`` beside the ONNX file.
+    ``tune`` runs MetaSchedule for up to ``trials`` measured candidates into a persistent
+    database (``tuning_db`` or one per target and model shapes under the user store). The
+    candidates are timed on this host (the target must then match it), or on the board behind
+    ``rpc`` (``HOST:PORT`` of ``dnsrec-edge device serve``) or leased from ``tracker`` under
+    ``key``. An existing database is applied even without ``tune``. ``out_dir`` defaults to
+    ``<model>-<target>`` beside the ONNX file.
     """
     from dnsrec_edge.compile import tuning
 
@@ -234,8 +239,11 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
     )
     ensure_new(out, force)
     compiler = tgt.check_cross_compiler()
+    board = rpc or tracker
+    if board and not tune:
+        raise CompileError("--rpc and --rpc-tracker name a board to tune on: add --tune")
     if tune:
-        tuning.check_can_tune(tgt)
+        tuning.check_can_tune(tgt, remote=bool(board))
 
     model = load_onnx(onnx_path)
     shape = static_shape(model, batch, seq_len)
@@ -252,7 +260,9 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
         "linker": f"{compiler} ({tgt.deb_package})",
         "input": f"{model.input_name} int64 {shape}",
         "threads": tgt.threads,
-        "tuning": f"{trials} trials" if tune else "off (default schedules)",
+        "tuning": f"{trials} trials on {board or 'this host'}"
+        if tune
+        else "off (default schedules)",
         "output": out,
         "tuning database": db_path
         or f"one per target and model shapes under {tuning.database_root()}",
@@ -270,8 +280,15 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
     database = None
     if tune:
         t0 = time.perf_counter()
-        database = tuning.tune(mod, tgt, tvm_target, db_path, trials, quiet=quiet)
-        tune_info.update(trials=trials, seconds=round(time.perf_counter() - t0, 1))
+        measurer = _board_measurer(tgt, compiler, rpc, tracker, key) if board else None
+        database = tuning.tune(
+            mod, tgt, tvm_target, db_path, trials, measurer=measurer, quiet=quiet
+        )
+        tune_info.update(
+            trials=trials,
+            seconds=round(time.perf_counter() - t0, 1),
+            measured_on=measurer.where if measurer else "host",
+        )
     elif tuning.database_exists(db_path):
         database = tuning.open_database(db_path)
     if database is not None:
@@ -360,6 +377,24 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
         if tmp.exists():
             shutil.rmtree(tmp)
     return art.load_artifact(out)
+
+
+def _board_measurer(
+    tgt: Target, compiler: str | None, rpc: str | None, tracker: str | None, key: str | None
+):
+    """A tuning measurer on the named board, after checking it is the target's architecture."""
+    from dnsrec_edge.bench import rpc as rpc_mod
+    from dnsrec_edge.compile.tuning import Measurer
+
+    link, session = rpc_mod.open_board(rpc, tracker, key)
+    facts = rpc_mod.board_facts(session)
+    where = f"the board at {link.label}"
+    rpc_mod.check_arch(tgt.arch, facts, where, "the tuning candidates", tgt.name)
+    threads = min(tgt.threads, (facts or {}).get("cpus_available") or tgt.threads)
+    rpc_mod.set_threads(session, facts, threads)
+    if (facts or {}).get("emulated"):
+        log.warning("%s is emulated: tuning measures the emulator's speed, not a board's", where)
+    return Measurer(session=session, compiler=compiler, where=where)
 
 
 def _n_items(model: OnnxModel, shape: list[int]) -> int:

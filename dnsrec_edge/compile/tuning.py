@@ -1,11 +1,13 @@
 """MetaSchedule tuning with an in-process builder and runner and a persistent JSON database.
 
 TVM's LocalBuilder/LocalRunner start worker processes that each import TVM's tensor
-intrinsics (tens of seconds per worker on small machines); here candidates are built and
-timed in this process instead, so tuning time goes into measuring. The database lives per
-(target, kernel shapes) under ``paths.home()/tuning`` and is reused by later compiles. It is
-seeded with the default schedules, measured the same way, so a tuned record only replaces a
-default schedule when it measured faster.
+intrinsics (tens of seconds per worker on small machines); here candidates are built in this
+process and timed either in this process (the host is the target) or on a board over TVM RPC
+(``--rpc HOST:PORT`` or a tracker key): each candidate is cross-linked with the target's
+compiler, uploaded into the board's server session, and timed there with ``time_evaluator``.
+The database lives per (target, kernel shapes) under ``paths.home()/tuning`` and is reused by
+later compiles. It is seeded with the default schedules, measured the same way, so a tuned
+record only replaces a default schedule when it measured faster.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
+import shutil
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,13 +36,19 @@ MAX_TASKS = 12  # tune at most this many kernels, heaviest first
 MIN_SHARE = 0.01  # ... and only those with at least this share of the model's FLOPs
 
 
-def check_can_tune(target: Target) -> None:
-    """Tuning measures candidates on this machine: the target must be this CPU."""
-    if target.device != "cpu" or target.arch != platform.machine():
+def check_can_tune(target: Target, remote: bool = False) -> None:
+    """Tuning measures candidates on this machine unless a board is named: then the target
+    must be a CPU (on the board); without one it must be this host's CPU."""
+    if target.device != "cpu":
+        raise CompileError(
+            f"--tune measures CPU kernels; '{target.name}' is a {target.device} target: compile "
+            "it without --tune"
+        )
+    if not remote and target.arch != platform.machine():
         raise CompileError(
             f"--tune measures candidates on this {platform.machine()} host, which cannot run "
-            f"'{target.name}' ({target.arch} {target.device}); compile without --tune, or tune on "
-            "the board itself and pass its database with --tuning-db"
+            f"'{target.name}' ({target.arch}); name the board to measure on with --rpc HOST:PORT "
+            "or --rpc-tracker HOST:PORT --rpc-key KEY, or compile without --tune"
         )
 
 
@@ -75,7 +87,7 @@ def open_database(path: Path):
     )
 
 
-def _random_args(args_info, rng: np.random.Generator):
+def _random_args(args_info, rng: np.random.Generator, device):
     import tvm
 
     out = []
@@ -89,19 +101,66 @@ def _random_args(args_info, rng: np.random.Generator):
             data = rng.integers(0, 2, shape).astype(bool)
         else:
             data = np.zeros(shape, dtype=dtype)  # indices: 0 is always in range
-        out.append(tvm.runtime.tensor(data, tvm.cpu()))
+        out.append(tvm.runtime.tensor(data, device))
     return out
 
 
-def measure(rt_mod, args_info, repeat: int = 3, min_repeat_ms: int = 20) -> list[float]:
-    """Seconds per call of a built kernel, ``repeat`` samples of at least ``min_repeat_ms``."""
+def measure(
+    rt_mod, args_info, repeat: int = 3, min_repeat_ms: int = 20, device=None
+) -> list[float]:
+    """Seconds per call of a built kernel, ``repeat`` samples of at least ``min_repeat_ms``.
+
+    ``device`` is where ``rt_mod`` lives: this host's CPU by default, or a board session's.
+    """
     import tvm
 
-    args = _random_args(args_info, np.random.default_rng(0))
+    device = device if device is not None else tvm.cpu()
+    args = _random_args(args_info, np.random.default_rng(0), device)
     evaluator = rt_mod.time_evaluator(
-        rt_mod.entry_name, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
+        rt_mod.entry_name, device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
     )
     return [float(x) for x in evaluator(*args).results]
+
+
+@dataclass
+class Measurer:
+    """Times built kernels: in this process (``session`` None) or on a board over TVM RPC.
+
+    For a board, each kernel is linked with the target's cross compiler, uploaded into the
+    server's session and loaded there; ``where`` names the board in messages.
+    """
+
+    session: Any = None
+    compiler: str | None = None
+    where: str = "this host"
+    _tmp: Path | None = field(default=None, repr=False)
+    _count: int = 0
+
+    @property
+    def remote(self) -> bool:
+        return self.session is not None
+
+    def close(self) -> None:
+        """Remove the local folder of linked kernels (each is deleted after its upload)."""
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __call__(self, rt_mod, args_info) -> list[float]:
+        if self.session is None:
+            return measure(rt_mod, args_info)
+        from tvm.support import cc
+
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="dnsrec-tune-"))
+        self._count += 1
+        name = f"kernel{self._count}.so"
+        path = self._tmp / name
+        rt_mod.export_library(str(path), fcompile=cc.cross_compiler(self.compiler))
+        self.session.upload(str(path), name)
+        path.unlink()
+        remote_mod = self.session.load_module(name)
+        return measure(remote_mod, args_info, device=self.session.cpu())
 
 
 def register_cpu_intrinsics(target: Target) -> None:
@@ -134,11 +193,11 @@ def build_kernel(mod, target):
     return tvm.tirx.build(mod, target=target)
 
 
-def _in_process_builder_runner():
-    """A MetaSchedule builder and runner that share built modules in memory."""
+def _in_process_builder_runner(measurer: Measurer):
+    """A MetaSchedule builder and runner that share built modules in memory; the runner
+    times each candidate with ``measurer`` (here or on a board)."""
     import tvm
     from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
 
@@ -178,11 +237,10 @@ def _in_process_builder_runner():
             for inp in runner_inputs:
                 rt_mod = built.pop(inp.artifact_path, None)
                 try:
-                    secs = measure(
-                        rt_mod, [ms.arg_info.ArgInfo.from_json(a) for a in inp.args_info]
-                    )
+                    secs = measurer(rt_mod, list(inp.args_info))  # ArgInfo objects
                     futures.append(Done(RunnerResult(secs, None)))
                 except Exception as err:  # a candidate that crashes or times out
+                    log.debug("candidate failed on %s: %s", measurer.where, err)
                     futures.append(Done(RunnerResult(None, f"{type(err).__name__}: {err}")))
             return futures
 
@@ -205,7 +263,7 @@ def _select_tasks(tasks) -> list:
     return [t for f, t in ranked[:MAX_TASKS] if f / total >= MIN_SHARE]
 
 
-def _seed_defaults(tasks, database, tvm_target, threads: int) -> None:
+def _seed_defaults(tasks, database, tvm_target, threads: int, measurer: Measurer) -> None:
     """Commit each task's default schedule, measured, so tuning must beat it to be used."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -222,7 +280,7 @@ def _seed_defaults(tasks, database, tvm_target, threads: int) -> None:
             continue  # this database already holds measured records for the kernel
         rt_mod = build_kernel(sch.mod, tvm_target)
         args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-        secs = measure(rt_mod, args_info)
+        secs = measurer(rt_mod, args_info)
         database.commit_tuning_record(
             ms.database.TuningRecord(
                 trace=sch.trace,
@@ -241,41 +299,66 @@ def tune(
     db_path: Path,
     trials: int,
     *,
+    measurer: Measurer | None = None,
     quiet: bool = False,
 ):
-    """Tune the heaviest kernels of the lowered ``mod`` for ``trials`` candidates; the database."""
+    """Tune the heaviest kernels of the lowered ``mod`` for ``trials`` candidates; the database.
+
+    Candidates are timed by ``measurer`` (default: on this host, which must then be the target).
+    """
     from tvm.s_tir import meta_schedule as ms
 
-    check_can_tune(target)
+    measurer = measurer or Measurer()
+    check_can_tune(target, remote=measurer.remote)
     register_cpu_intrinsics(target)
     database = open_database(db_path)
     tasks = _select_tasks(ms.relax_integration.extract_tasks(mod, tvm_target))
-    log.info("tuning %d kernels: %s", len(tasks), ", ".join(t.task_name for t in tasks))
-    _seed_defaults(tasks, database, tvm_target, target.threads)
-    builder, runner = _in_process_builder_runner()
-    # A smaller population than the default 2048: candidates are cheap to measure here,
-    # generating them on two shared cores is not.
-    strategy = ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32)
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted_tasks=tasks, work_dir=str(db_path), strategy=strategy, seed=0
+    log.info(
+        "tuning %d kernels on %s: %s",
+        len(tasks),
+        measurer.where,
+        ", ".join(t.task_name for t in tasks),
     )
-    per_iter = max(8, min(32, trials // max(1, len(tasks))))
-    # the default callbacks minus RemoveBuildArtifact: our artifacts live in memory
-    callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()]
-    if not quiet:
-        callbacks = [*callbacks, _progress_callback(trials)]
-    ms.tune_tasks(
-        tasks=contexts,
-        task_weights=weights,
-        work_dir=str(db_path),
-        max_trials_global=trials,
-        num_trials_per_iter=per_iter,
-        builder=builder,
-        runner=runner,
-        database=database,
-        measure_callbacks=callbacks,
-    )
+    _reset_tuner_logging()
+    try:
+        _seed_defaults(tasks, database, tvm_target, target.threads, measurer)
+        builder, runner = _in_process_builder_runner(measurer)
+        # A smaller population than the default 2048: candidates are cheap to measure here,
+        # generating them on two shared cores is not.
+        strategy = ms.search_strategy.EvolutionarySearch(
+            population_size=256, init_min_unmeasured=32
+        )
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted_tasks=tasks, work_dir=str(db_path), strategy=strategy, seed=0
+        )
+        per_iter = max(8, min(32, trials // max(1, len(tasks))))
+        # the default callbacks minus RemoveBuildArtifact: our artifacts live in memory
+        callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()]
+        if not quiet:
+            callbacks = [*callbacks, _progress_callback(trials)]
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(db_path),
+            max_trials_global=trials,
+            num_trials_per_iter=per_iter,
+            builder=builder,
+            runner=runner,
+            database=database,
+            measure_callbacks=callbacks,
+        )
+    finally:
+        measurer.close()
     return database
+
+
+def _reset_tuner_logging() -> None:
+    """Drop the handlers a previous tuning run (or a log capture) left on MetaSchedule's
+    logger: its set-up lists them by name and fails on an unnamed one, so a second tuning
+    in one process would crash. Each run adds its own console and file handlers again."""
+    tuner_log = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(tuner_log.handlers):
+        tuner_log.removeHandler(handler)
 
 
 def _progress_callback(trials: int):

@@ -5,8 +5,10 @@ follow what makes a batch-1 call take time on a CPU with the toolkit's TVM build
 
 - ``overhead`` (1 per call) and ``kernels`` (launches: argument checks, allocation);
 - matmul GFLOPs split by how the kernel runs. A matmul's output columns are vectorised
-  when their count N is a multiple of 8 (full tiles) or of 4 (half tiles, counted twice);
-  otherwise the kernel runs scalar code, several times slower per FLOP. Row-vector
+  in register tiles of 16 columns when their count N is a multiple of 16, of 8 when N is
+  an odd multiple of 8 (its own feature: measured on x86_64 with one thread, 8-column
+  row-vector products cost 1.5x the 16-column ones per FLOP), of 4 otherwise when N is a multiple of 4 (counted twice as 16-column
+  work); any other N runs scalar code, several times slower per FLOP. Row-vector
   products (``gemv``: one row, e.g. the scoring layer and the last block at batch 1) stream
   their weights and cost more per FLOP than many-row ``gemm``. Scalar kernels above
   ``PARALLEL_MIN_MACS`` go through the thread pool, which the compiler's schedule handles
@@ -60,7 +62,7 @@ from dnsrec_edge.models.archspec import ArchSpec
 log = logging.getLogger(__name__)
 
 MODEL_SCHEMA = 1
-MIN_RECORDS = 12  # fewest distinct measured architectures a fit accepts (features + 2)
+MIN_RECORDS = 14  # fewest distinct measured architectures a fit accepts (features + 2)
 FOLDS = 5
 # The latency figure a model predicts: "min" (the fastest of many single-call samples: what
 # the code and the board determine, steady when other processes share the CPU) or "median".
@@ -70,6 +72,8 @@ FEATURES = (
     "kernels",
     "gemm_gflop",
     "gemv_gflop",
+    "gemm8_gflop",
+    "gemv8_gflop",
     "gemm_scalar_gflop",
     "gemv_scalar_gflop",
     "gemm_scalar_par_gflop",
@@ -90,9 +94,16 @@ SCALAR_PENALTY = 4.0  # prior: scalar code uses one of (at least) four SIMD lane
 MEASURED_ENERGY = ("rapl", "hwmon", "command", "meter", "ina")  # not "model": that is a prior
 
 
-def _tile_weight(n: int) -> int:
-    """1 for full vector tiles (N % 8 == 0), 2 for half tiles (N % 4 == 0), 0 for scalar."""
-    return 1 if n % 8 == 0 else 2 if n % 4 == 0 else 0
+def _tile_class(n: int) -> tuple[str, int]:
+    """(feature infix, weight) of a matmul with N output columns: 16-column tiles ("", 1),
+    8-column tiles ("8", 1), 4-column tiles ("", 2), scalar code ("scalar", 1)."""
+    if n % 16 == 0:
+        return "", 1
+    if n % 8 == 0:
+        return "8", 1
+    if n % 4 == 0:
+        return "", 2
+    return "scalar", 1
 
 
 def features(work: Work) -> dict[str, float]:
@@ -102,12 +113,12 @@ def features(work: Work) -> dict[str, float]:
     out["kernels"] = float(work.kernels)
     for mm in work.matmuls:
         shape = "gemv" if mm.m == 1 else "gemm"
-        weight = _tile_weight(mm.n)
-        if weight:
-            out[f"{shape}_gflop"] += weight * mm.flops / 1e9
-        else:
+        tile, weight = _tile_class(mm.n)
+        if tile == "scalar":
             par = "_par" if mm.macs >= PARALLEL_MIN_MACS else ""
             out[f"{shape}_scalar{par}_gflop"] += mm.flops / 1e9
+        else:
+            out[f"{shape}{tile}_gflop"] += weight * mm.flops / 1e9
     par_rows = sum(r.flops for r in work.row_kernels if 4 * r.elements >= PARALLEL_MIN_MACS)
     out["softmax_par_gflop"] = par_rows / 1e9
     out["other_gflop"] = (work.flops - work.matmul_flops - par_rows) / 1e9
@@ -162,6 +173,8 @@ def prior_coefficients(facts: TargetFacts) -> dict[str, float]:
         "kernels": DEFAULT_KERNEL_MS,
         "gemm_gflop": peak,
         "gemv_gflop": stream,
+        "gemm8_gflop": peak,
+        "gemv8_gflop": stream,
         "gemm_scalar_gflop": scalar,
         "gemv_scalar_gflop": max(scalar, stream),
         "gemm_scalar_par_gflop": scalar,

@@ -35,17 +35,24 @@ def train_batches(
     rng: np.random.Generator | int = 0,
     users: Sequence[int] | np.ndarray | None = None,
     trim: bool = True,
+    crop: float = 0.0,
+    holdout: np.ndarray | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(item_seq, targets)`` int64 tensors ``(B, T)``, ``T <= max_len``.
 
     ``targets[b, t]`` is the item that follows ``item_seq[b, :t+1]`` (0 at padding).
     Users are shuffled by ``rng`` (a Generator or a seed), grouped by length within
     buckets of ``BUCKET_BATCHES`` batches, and the batch order is shuffled again.
-    ``trim=False`` pads every batch to ``max_len``.
+    ``trim=False`` pads every batch to ``max_len``. A user whose training history is longer
+    than ``max_len + 1`` contributes its most recent window, or, with probability ``crop``,
+    a window ending at a uniformly drawn earlier point (so older history is trained on too).
+    ``holdout`` (bool per user; default all True) marks the users whose validation item is
+    held out; the others train on it too (their history up to the test item).
     """
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     pool = np.arange(dataset.n_users) if users is None else np.asarray(users, dtype=np.int64)
-    lengths = np.minimum(dataset.lengths()[pool] - 3, max_len)  # training positions per user
+    cut = _train_cut(dataset, holdout)  # (n_users,) -2 or -1
+    lengths = np.minimum(dataset.lengths()[pool] + cut[pool] - 1, max_len)  # training positions
     pool, lengths = pool[lengths > 0], lengths[lengths > 0]
     perm = rng.permutation(len(pool))
     pool, lengths = pool[perm], lengths[perm]
@@ -58,19 +65,40 @@ def train_batches(
         batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
     for b in rng.permutation(len(batches)):
         members = batches[b]
-        train = [dataset.sequences[u][:-2] for u in members]
+        train = [_window(dataset.sequences[u][: cut[u]], max_len, crop, rng) for u in members]
         width = max_len if not trim else min(max_len, max(len(s) - 1 for s in train))
         item_seq = left_pad([s[:-1] for s in train], width)  # (B, T)
         targets = left_pad([s[1:] for s in train], width)  # (B, T)
         yield torch.from_numpy(item_seq), torch.from_numpy(targets)
 
 
+def _window(train: np.ndarray, max_len: int, crop: float, rng: np.random.Generator) -> np.ndarray:
+    """The last ``max_len + 1`` items, or with probability ``crop`` an earlier such window."""
+    extra = len(train) - (max_len + 1)
+    if extra <= 0 or crop <= 0 or rng.random() >= crop:
+        return train
+    end = len(train) - int(rng.integers(1, extra + 1))
+    return train[:end]
+
+
+def _train_cut(dataset: Dataset, holdout: np.ndarray | None) -> np.ndarray:
+    """Per user, where the training history ends: -2 (validation item held out) or -1."""
+    if holdout is None:
+        return np.full(dataset.n_users, -2, dtype=np.int64)
+    return np.where(np.asarray(holdout, dtype=bool), -2, -1).astype(np.int64)
+
+
 def count_batches(
-    dataset: Dataset, max_len: int, batch_size: int, users: Sequence[int] | np.ndarray | None = None
+    dataset: Dataset,
+    max_len: int,
+    batch_size: int,
+    users: Sequence[int] | np.ndarray | None = None,
+    holdout: np.ndarray | None = None,
 ) -> int:
     """How many batches :func:`train_batches` yields (users without a training pair are skipped)."""
     pool = np.arange(dataset.n_users) if users is None else np.asarray(users, dtype=np.int64)
-    n = int((dataset.lengths()[pool] > 3).sum())
+    cut = _train_cut(dataset, holdout)
+    n = int((dataset.lengths()[pool] + cut[pool] > 1).sum())
     return -(-n // batch_size)
 
 

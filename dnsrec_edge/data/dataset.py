@@ -35,6 +35,21 @@ class Dataset:
     def n_interactions(self) -> int:
         return int(sum(len(s) for s in self.sequences))
 
+    def subset(self, users: np.ndarray) -> Dataset:
+        """The same dataset restricted to ``users`` (indices into ``sequences``), e.g. the
+        users whose validation item is held out; item ids, counts and fingerprint are kept."""
+        users = np.asarray(users, dtype=np.int64)
+        return Dataset(
+            self.name,
+            self.n_items,
+            [self.sequences[u] for u in users],
+            self.item_counts,
+            self.fingerprint,
+            self.settings,
+            None if self.user_ids is None else self.user_ids[users],
+            self.item_ids,
+        )
+
     def lengths(self) -> np.ndarray:
         """Sequence length per user, ``(n_users,)``."""
         return np.fromiter((len(s) for s in self.sequences), dtype=np.int64, count=self.n_users)

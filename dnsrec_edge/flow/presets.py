@@ -32,15 +32,9 @@ DEFAULT_BUDGET = "flops=25%"
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
-        # benchmarks/baseline.py's ml-1m recipe: warm-up, cosine decay, early stopping
-        "baseline": {
-            "max_len": 200,
-            "epochs": 30,
-            "lr": 3e-3,
-            "warmup_epochs": 1.0,
-            "schedule": "cosine",
-            "patience": 10,
-        },
+        # benchmarks/baseline.py's ml-1m recipe: TrainConfig's defaults (warm-up, cosine
+        # decay over 80 epochs, early stopping), 10% of users validating, weight averaging
+        "baseline": {"max_len": 200, "valid_share": 0.1, "ema": 0.998},
         "search": {"max_len": 200, "epochs": 10, "warmup_epochs": 1},
         "space": {},
         "finetune": {"epochs": 20, "patience": 5},

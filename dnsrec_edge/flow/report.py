@@ -344,7 +344,7 @@ def plot_cost_model(cost: Mapping[str, Any]) -> bytes | None:
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("measured latency, median ms (log)")
+    ax.set_xlabel(f"measured latency, {cost.get('statistic', 'median')} ms (log)")
     ax.set_ylabel("predicted latency, ms (log)")
     ax.set_title(f"cost model on {cost.get('target', '?')} ({cost.get('kind', '?')})", fontsize=10)
     ax.grid(alpha=0.3)

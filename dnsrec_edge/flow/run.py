@@ -170,7 +170,7 @@ def build_stages(plan: steps.Plan, emulate: bool = False) -> list[Stage]:
                 "mode": mode,
                 "note": note,
                 "board": board if mode != "local" else {},
-                "options": s["bench"],
+                "options": steps.bench_options(plan),
                 "target": plan.target,
             },
         ),

@@ -126,7 +126,8 @@ def run_data(plan: Plan, ctx: StageContext) -> dict[str, Any]:
 
 
 def run_baseline(plan: Plan, ctx: StageContext) -> dict[str, Any]:
-    from dnsrec_edge.train.trainer import TrainConfig, train_baseline
+    from dnsrec_edge.train.config import TrainConfig
+    from dnsrec_edge.train.trainer import train_baseline
 
     ds = plan.dataset_for(ctx)
     config = TrainConfig(**ctx.settings["config"], threads=plan.threads)
@@ -173,6 +174,20 @@ def cost_model_id(plan: Plan) -> str:
         if (folder / MODEL_FILE).is_file():
             return _sha256(folder / MODEL_FILE)
     return "prior"
+
+
+def bench_options(plan: Plan) -> dict[str, Any]:
+    """The preset's bench options; unless they fix ``threads``, the thread count the target's
+    measured cost model was calibrated with, so measurement and prediction compare like with
+    like (a prior model leaves the target's own count)."""
+    from dnsrec_edge.cost.calibrated import load_cost_model
+
+    opts = dict(plan.settings["bench"])
+    if opts.get("threads") is None:
+        model = load_cost_model(plan.target, plan.calibration_dir)
+        if model.kind == "measured" and model.meta.get("threads"):
+            opts["threads"] = int(model.meta["threads"])
+    return opts
 
 
 def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
@@ -284,15 +299,16 @@ def run_finetune(plan: Plan, ctx: StageContext) -> dict[str, Any]:
 
     from dnsrec_edge.search.retrain import default_train_config, read_run
     from dnsrec_edge.train.checkpoint import load_checkpoint
-    from dnsrec_edge.train.trainer import TrainConfig, train_model
+    from dnsrec_edge.train.config import TrainConfig
+    from dnsrec_edge.train.trainer import final_metrics, train_model
 
     ds = plan.dataset_for(ctx)
     model, _ = load_checkpoint(ctx["prune"].file("model.pt"), ds.fingerprint)
     base = asdict(default_train_config(read_run(ctx["search"].file("run"))))
     config = TrainConfig.from_dict(base | ctx.settings["config"] | {"threads": plan.threads})
     result = train_model(model, ds, config, ctx.out / "train", quiet=ctx.quiet)
-    metrics = _metrics(result.model, ds, config.max_len)
-    valid = _metrics(result.model, ds, config.max_len, part="valid", protocols=("full",))
+    both = final_metrics(result.model, ds, config, ("full", "pop100"))
+    metrics, valid = both["test"], both["valid"]
     atomic_write_json(ctx.out / "metrics.json", {"test": metrics, "valid": valid})
     return {
         "checkpoint": "train/model.pt",
@@ -333,6 +349,9 @@ def run_export(plan: Plan, ctx: StageContext) -> dict[str, Any]:
 
 
 def run_compile(plan: Plan, ctx: StageContext) -> dict[str, Any]:
+    """Compile both models for every target; an artifact already built in this run folder for
+    the same ONNX bytes and target (e.g. the baseline, when only the budget changed) is
+    reused from the run's compile cache after its checksums verify."""
     from dnsrec_edge.compile.build import compile as tvm_compile
 
     out: dict[str, Any] = {}
@@ -341,16 +360,68 @@ def run_compile(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         (ctx.out / target).mkdir()
         for name in MODELS:
             onnx_path = ctx["export"].file(ctx["export"].result[name]["onnx"])
-            art = tvm_compile(
-                onnx_path, target=target, out_dir=ctx.out / target / name, batch=1, quiet=ctx.quiet
-            )
+            dest = ctx.out / target / name
+            cached = _compile_cache(ctx, onnx_path, target)
+            art = _reuse_artifact(cached, dest)
+            reused = art is not None
+            if art is None:
+                art = tvm_compile(onnx_path, target=target, out_dir=dest, batch=1, quiet=ctx.quiet)
+                _store_artifact(dest, cached)
             out[target][name] = {
                 "artifact": f"{target}/{name}",
                 "library_bytes": art.library.stat().st_size,
                 "arch": art.manifest.get("arch"),
                 "seconds": art.manifest.get("compile_seconds"),
+                "reused": reused,
             }
     return out
+
+
+def _compile_cache(ctx: StageContext, onnx_path: Path, target: str) -> Path:
+    """``RUN/cache/compile/<sha256 of ONNX bytes, target, tool and TVM versions>``."""
+    import importlib.metadata
+
+    from dnsrec_edge import __version__
+
+    tvm = importlib.metadata.version("apache-tvm")
+    key = hashlib.sha256(
+        f"{_sha256(onnx_path)} {target} batch=1 {__version__} {tvm}".encode()
+    ).hexdigest()[:24]
+    return ctx.out.parents[1] / "cache" / "compile" / key
+
+
+def _reuse_artifact(cached: Path, dest: Path):
+    """A verified copy of the cached artifact at ``dest``, or ``None`` (then compile)."""
+    import shutil
+
+    from dnsrec_edge.compile.artifact import load_artifact
+    from dnsrec_edge.errors import DnsrecError
+
+    if not cached.is_dir():
+        return None
+    shutil.copytree(cached, dest)
+    try:
+        art = load_artifact(dest)  # every file's sha256 against the manifest
+    except DnsrecError as err:
+        log.warning("compile cache entry %s is damaged (%s); compiling again", cached, err)
+        shutil.rmtree(dest)
+        return None
+    log.info("reusing the artifact compiled earlier in this run from %s", cached)
+    return art
+
+
+def _store_artifact(dest: Path, cached: Path) -> None:
+    """Copy a fresh artifact into the run's compile cache (atomically: copy, then rename)."""
+    import shutil
+    import tempfile
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tmp-"))
+    shutil.copytree(dest, tmp, dirs_exist_ok=True)
+    try:
+        tmp.rename(cached)
+    except OSError:  # another entry landed first: keep it
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def bench_mode(
@@ -440,15 +511,15 @@ class _board:
 
 
 def _record_points(model, target: str, calibration_dir, limit: int = 300) -> list[dict]:
-    """Predicted vs measured latency of the target's batch-1 calibration records."""
+    """Predicted vs measured latency (the model's statistic) of the target's batch-1 records."""
     from dnsrec_edge.cost.records import load_records
     from dnsrec_edge.errors import ArchSpecError
     from dnsrec_edge.models.archspec import ArchSpec
 
     points = []
     for rec in load_records(target, calibration_dir)[-limit:]:
-        median = (rec.get("latency_ms") or {}).get("median")
-        if not rec.get("arch") or rec.get("batch") != 1 or not median:
+        measured = (rec.get("latency_ms") or {}).get(model.statistic)
+        if not rec.get("arch") or rec.get("batch") != 1 or not measured:
             continue
         try:
             arch = ArchSpec.from_dict(rec["arch"])
@@ -458,7 +529,7 @@ def _record_points(model, target: str, calibration_dir, limit: int = 300) -> lis
             {
                 "kind": "record",
                 "predicted_ms": model.predict(arch).latency_ms,
-                "measured_ms": median,
+                "measured_ms": measured,
             }
         )
     return points
@@ -466,7 +537,9 @@ def _record_points(model, target: str, calibration_dir, limit: int = 300) -> lis
 
 def run_calibrate(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     """The target's cost model against the measurements: predictions for the baseline, the
-    subnet and the candidates; the budget check; optionally a refit from the records."""
+    subnet and the candidates; the budget check; optionally a refit from the records.
+
+    Measured figures are the latency statistic the model predicts (``min`` or ``median``)."""
     from dnsrec_edge.compile.targets import load_target
     from dnsrec_edge.cost.calibrated import load_cost_model
     from dnsrec_edge.models.archspec import ArchSpec
@@ -482,7 +555,7 @@ def run_calibrate(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     points = []
     for name, arch in archs.items():
         cost = model.predict(ArchSpec.from_dict(arch))
-        measured = ((bench.get(name) or {}).get("latency_ms") or {}).get("median")
+        measured = ((bench.get(name) or {}).get("latency_ms") or {}).get(model.statistic)
         points.append(
             {
                 "kind": name,
@@ -500,6 +573,7 @@ def run_calibrate(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         "points": points,
         "candidates_ms": predicted,
         "heldout": model.meta.get("heldout"),
+        "statistic": model.statistic,
     }
     budget = ctx["search"].result["budget"]
     measured = points[1]["measured_ms"]

@@ -27,14 +27,15 @@ from dnsrec_edge.cost.analysis import analyze, param_count
 from dnsrec_edge.data.dataset import Dataset
 from dnsrec_edge.data.load import load_dataset
 from dnsrec_edge.errors import ArchSpecError, CheckpointMismatch, DnsrecError, InputFileError
-from dnsrec_edge.evaluate import PROTOCOLS, evaluate
+from dnsrec_edge.evaluate import PROTOCOLS
 from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.models.sasrec import SASRec
 from dnsrec_edge.search.loop import SearchConfig
 from dnsrec_edge.search.space import Choice, SearchSpace
 from dnsrec_edge.train.checkpoint import load_checkpoint
-from dnsrec_edge.train.trainer import TrainConfig, prepare_run_dir, train_model
+from dnsrec_edge.train.config import TrainConfig
+from dnsrec_edge.train.trainer import final_metrics, prepare_run_dir, train_model
 
 log = logging.getLogger(__name__)
 
@@ -183,18 +184,7 @@ def retrain(
         out / "config.json", {"mode": mode, "train": asdict(config), "arch": arch.to_dict()}
     )
     result = train_model(model, dataset, config, out, quiet=quiet)
-    metrics = {
-        part: evaluate(
-            result.model.predict,
-            dataset,
-            part,
-            config.max_len,
-            protocols=PROTOCOLS,
-            batch_size=config.eval_batch_size,
-            quiet=quiet,
-        )
-        for part in ("valid", "test")
-    }
+    metrics = final_metrics(result.model, dataset, config, PROTOCOLS, quiet)
     flops, params = analyze(arch).flops, param_count(arch)
     atomic_write_json(
         out / "metrics.json",

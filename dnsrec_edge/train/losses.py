@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnsrec_edge.models.sasrec import SASRec
+from dnsrec_edge.train.config import LOSSES
 
-LOSSES = ("ce", "sampled", "bce")
 CE_CHUNK = 256  # rows of logits alive at a time in the fused cross-entropy
 
 

@@ -17,7 +17,7 @@ import os
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,64 +27,19 @@ from torch import nn
 
 from dnsrec_edge.data.batching import count_batches, train_batches
 from dnsrec_edge.data.dataset import Dataset
-from dnsrec_edge.errors import CheckpointMismatch, DataError, InputFileError, OutputExists
+from dnsrec_edge.errors import CheckpointMismatch, InputFileError, OutputExists
 from dnsrec_edge.evaluate import PROTOCOLS, evaluate
 from dnsrec_edge.fsio import append_jsonl, atomic_write_bytes, atomic_write_json
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.models.sasrec import SASRec
 from dnsrec_edge.progress import track
 from dnsrec_edge.train.checkpoint import save_checkpoint
-from dnsrec_edge.train.losses import LOSSES, sequence_loss
+from dnsrec_edge.train.config import TrainConfig
+from dnsrec_edge.train.losses import sequence_loss
 
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("config.json", "history.jsonl", "last.pt", "model.pt", "metrics.json")
-
-
-@dataclass
-class TrainConfig:
-    """Training settings; ``threads=None`` uses every core."""
-
-    epochs: int = 200  # upper bound; early stopping usually ends sooner
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_epochs: float = 0.0  # linear warm-up, then the schedule
-    schedule: str = "constant"  # "constant" or "cosine" (decays to 0 at ``epochs``)
-    loss: str = "ce"  # "ce" (full softmax), "sampled" (shared negatives + logQ), "bce"
-    negatives: int = 256  # per batch for "sampled", per position for "bce"
-    sampler: str = "uniform"  # proposal of the sampled loss: "uniform" or "pop" (logQ-corrected)
-    patience: int = 10  # epochs without a better valid NDCG@10 before stopping
-    seed: int = 0
-    threads: int | None = None
-    max_len: int = 200
-    hidden: int = 64
-    blocks: int = 2
-    heads: int = 1
-    dropout: float = 0.2
-    eval_batch_size: int = 512
-    max_minutes: float | None = None  # stop after the epoch that crosses this wall time
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.loss not in LOSSES:
-            problems.append(f"loss '{self.loss}' is not one of {', '.join(LOSSES)}")
-        if self.schedule not in ("constant", "cosine"):
-            problems.append(f"schedule '{self.schedule}' is not constant or cosine")
-        if self.sampler not in ("uniform", "pop"):
-            problems.append(f"sampler '{self.sampler}' is not uniform or pop")
-        for name in ("epochs", "batch_size", "max_len", "hidden", "blocks", "heads", "negatives"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.lr <= 0:
-            problems.append(f"lr must be > 0 (got {self.lr})")
-        if problems:
-            raise DataError("invalid training settings: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
@@ -97,9 +52,7 @@ class TrainResult:
     best_valid: dict[str, float]
     train_seconds: float  # training + per-epoch validation, over resumes
     history: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, dict[str, dict[str, float]]] = field(
-        default_factory=dict
-    )  # part -> protocol
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # by part
     out_dir: Path | None = None
     stopped: str = ""  # why training ended: "patience", "epochs", "time"
 
@@ -159,7 +112,9 @@ def train_model(
     """
     threads = set_threads(config.threads)
     out = Path(out_dir) if out_dir is not None else None
-    steps_per_epoch = count_batches(dataset, config.max_len, config.batch_size)
+    holdout = validation_holdout(dataset, config)
+    valid_set = dataset if holdout is None else dataset.subset(np.flatnonzero(holdout))
+    steps_per_epoch = count_batches(dataset, config.max_len, config.batch_size, holdout=holdout)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
@@ -174,6 +129,7 @@ def train_model(
         "history": [],
         "best_state": None,
         "stopped": "",
+        "ema": None,  # exponential moving average of the weights (config.ema > 0)
     }
     if resume and out is not None:
         state = _restore(out / "last.pt", model, optimizer, scheduler, dataset, state)
@@ -181,6 +137,9 @@ def train_model(
             "resuming at epoch %d (best so far: epoch %d)", state["epoch"] + 1, state["best_epoch"]
         )
     log_q = _log_q(dataset, config)
+    if config.ema > 0 and state["ema"] is None:
+        state["ema"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ema_pairs = _ema_pairs(model, state["ema"])
     extra = {
         "dataset_name": dataset.name,
         "min_count": dataset.settings.get("min_count"),
@@ -198,7 +157,10 @@ def train_model(
         model.train()
         losses = []
         for item_seq, targets in track(
-            _batches(dataset, config, epoch), f"epoch {epoch}", total=steps_per_epoch, quiet=quiet
+            _batches(dataset, config, epoch, holdout),
+            f"epoch {epoch}",
+            total=steps_per_epoch,
+            quiet=quiet,
         ):
             loss = sequence_loss(
                 model, item_seq, targets, config.loss, config.negatives, log_q, generator
@@ -208,12 +170,15 @@ def train_model(
             optimizer.step()
             scheduler.step()
             step += 1
+            if ema_pairs:
+                _ema_update(ema_pairs, min(config.ema, (1 + step) / (10 + step)))
             losses.append(loss.item())
             if on_batch is not None:
                 on_batch(BatchInfo(epoch, step, losses[-1], model))
+        live = _swap_in(model, state["ema"])  # validate (and keep) the averaged weights
         valid = evaluate(
             model.predict,
-            dataset,
+            valid_set,
             "valid",
             config.max_len,
             protocols=("full",),
@@ -254,10 +219,11 @@ def train_model(
                 seconds,
                 " *" if improved else "",
             )
+        if out is not None and improved:
+            save_checkpoint(out / "model.pt", model, dataset.fingerprint, extra)
+        _swap_out(model, live)
         if out is not None:
             append_jsonl(out / "history.jsonl", record)
-            if improved:
-                save_checkpoint(out / "model.pt", model, dataset.fingerprint, extra)
             _save_state(out / "last.pt", model, optimizer, scheduler, dataset, state, config)
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
@@ -275,9 +241,80 @@ def train_model(
     )
 
 
-def _batches(dataset: Dataset, config: TrainConfig, epoch: int):
+def _ema_pairs(model: nn.Module, ema: dict | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(average, live tensor) pairs of the floating-point weights; empty without averaging."""
+    if ema is None:
+        return []
+    return [(ema[k], v) for k, v in model.state_dict().items() if v.is_floating_point()]
+
+
+@torch.no_grad()
+def _ema_update(pairs: list[tuple[torch.Tensor, torch.Tensor]], decay: float) -> None:
+    for avg, live in pairs:
+        avg.lerp_(live, 1.0 - decay)
+
+
+def _swap_in(model: nn.Module, weights: dict | None) -> dict | None:
+    """Load ``weights`` into ``model``; return a copy of the live weights (None: no swap)."""
+    if weights is None:
+        return None
+    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(weights)
+    return live
+
+
+def _swap_out(model: nn.Module, live: dict | None) -> None:
+    if live is not None:
+        model.load_state_dict(live)
+
+
+def validation_holdout(dataset: Dataset, config: TrainConfig) -> np.ndarray | None:
+    """Which users' validation item is held out (bool per user), or ``None`` for all of them.
+
+    With ``config.valid_share < 1`` a seeded random share of the users validates (early
+    stopping); every other user also trains on its second-last item. Test items are never
+    trained on.
+    """
+    if config.valid_share >= 1:
+        return None
+    n = max(1, round(config.valid_share * dataset.n_users))
+    chosen = np.random.default_rng([config.seed, 7]).choice(dataset.n_users, n, replace=False)
+    holdout = np.zeros(dataset.n_users, dtype=bool)
+    holdout[chosen] = True
+    return holdout
+
+
+def final_metrics(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    protocols: tuple[str, ...] = PROTOCOLS,
+    quiet: bool = True,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{"valid", "test"}`` metrics of a trained model: valid over the users whose validation
+    item was held out from training, test over every user."""
+    holdout = validation_holdout(dataset, config)
+    valid_set = dataset if holdout is None else dataset.subset(np.flatnonzero(holdout))
+    return {
+        part: evaluate(
+            model.predict,
+            valid_set if part == "valid" else dataset,
+            part,
+            config.max_len,
+            protocols=protocols,
+            batch_size=config.eval_batch_size,
+            quiet=quiet,
+            trim=True,
+        )
+        for part in ("valid", "test")
+    }
+
+
+def _batches(dataset: Dataset, config: TrainConfig, epoch: int, holdout: np.ndarray | None):
     rng = np.random.default_rng([config.seed, epoch])
-    return train_batches(dataset, config.max_len, config.batch_size, rng)
+    return train_batches(
+        dataset, config.max_len, config.batch_size, rng, crop=config.crop, holdout=holdout
+    )
 
 
 def _save_state(path, model, optimizer, scheduler, dataset, state, config) -> None:
@@ -366,19 +403,7 @@ def train_baseline(
             {"dataset": dataset.stats(), "train": asdict(config), "arch": arch.to_dict()},
         )
     result = train_model(model, dataset, config, out, quiet=quiet, resume=resume)
-    result.metrics = {
-        part: evaluate(
-            result.model.predict,
-            dataset,
-            part,
-            config.max_len,
-            protocols=protocols,
-            batch_size=config.eval_batch_size,
-            quiet=quiet,
-            trim=True,
-        )
-        for part in ("valid", "test")
-    }
+    result.metrics = final_metrics(result.model, dataset, config, protocols, quiet)
     if out is not None:
         atomic_write_json(
             out / "metrics.json",

@@ -1,0 +1,1 @@
+"""Training: losses, the training loop, checkpoints and the settings dataclass."""

@@ -1,0 +1,75 @@
+"""``TrainConfig``: the training settings (plain data; no torch import, so the CLI stays fast).
+
+The defaults are the measured baseline recipe (benchmarks/baseline.py): full cross-entropy,
+batch 64, Adam at 3e-3 with a 2-epoch linear warm-up and cosine decay over 80 epochs,
+dropout 0.1, max length 200, hidden 64, 2 blocks, 1 head (the SASRec paper's architecture).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from dnsrec_edge.errors import TrainConfigError
+
+LOSSES = ("ce", "sampled", "bce")
+SCHEDULES = ("constant", "cosine")
+SAMPLERS = ("uniform", "pop")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; ``threads=None`` uses every core."""
+
+    epochs: int = 80  # the cosine schedule decays to 0 at this epoch
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_epochs: float = 2.0  # linear warm-up, then the schedule
+    schedule: str = "cosine"  # "constant" or "cosine"
+    loss: str = "ce"  # "ce" (full softmax), "sampled" (shared negatives + logQ), "bce"
+    negatives: int = 256  # per batch for "sampled", per position for "bce"
+    sampler: str = "uniform"  # proposal of the sampled loss: "uniform" or "pop" (logQ-corrected)
+    patience: int = 20  # epochs without a better valid NDCG@10 before stopping
+    seed: int = 0
+    threads: int | None = None
+    max_len: int = 200
+    valid_share: float = 1.0  # users whose validation item is held out; the rest train on it
+    crop: float = 0.0  # chance that a long history trains on an earlier window than its last
+    hidden: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.1
+    ema: float = 0.0  # per-step decay of an average of the weights that is validated and kept
+    eval_batch_size: int = 512
+    max_minutes: float | None = None  # stop after the epoch that crosses this wall time
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.loss not in LOSSES:
+            problems.append(f"loss '{self.loss}' is not one of {', '.join(LOSSES)}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule '{self.schedule}' is not one of {', '.join(SCHEDULES)}")
+        if self.sampler not in SAMPLERS:
+            problems.append(f"sampler '{self.sampler}' is not one of {', '.join(SAMPLERS)}")
+        for name in ("epochs", "batch_size", "max_len", "hidden", "blocks", "heads", "negatives"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0 (got {self.lr})")
+        if not 0 <= self.ema < 1:
+            problems.append(f"ema must be in [0, 1) (got {self.ema})")
+        if not 0 < self.valid_share <= 1:
+            problems.append(f"valid_share must be in (0, 1] (got {self.valid_share})")
+        if not 0 <= self.crop <= 1:
+            problems.append(f"crop must be in [0, 1] (got {self.crop})")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if problems:
+            raise TrainConfigError("invalid training settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, ignoring keys this version does not know."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
