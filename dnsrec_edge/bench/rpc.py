@@ -244,6 +244,11 @@ def check_arch(
         )
 
 
+def capped_threads(threads: int, facts: dict[str, Any] | None) -> int:
+    """``threads`` capped at the cores the board reports available (uncapped if unknown)."""
+    return min(threads, (facts or {}).get("cpus_available") or threads)
+
+
 def set_threads(session: Any, facts: dict[str, Any] | None, threads: int | None) -> int:
     """Size the board's TVM thread pool (``None``: leave it) and return its thread count."""
     if threads and (facts or {}).get("agent"):

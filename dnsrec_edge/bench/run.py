@@ -96,7 +96,7 @@ class _BoardRun:
         )
         threads = self.opts["threads"]
         if not threads and self.opts["target_threads"]:  # the target's count, if the board has it
-            threads = min(self.opts["target_threads"], facts.get("cpus_available") or 1 << 30)
+            threads = rpc_mod.capped_threads(self.opts["target_threads"], facts)
         self.result.threads = rpc_mod.set_threads(session, facts, threads)
         lib = Path(self.art.path) / "lib.so"
         name = f"dnsrec_{manifest['files']['lib.so'][:16]}.so"

@@ -275,12 +275,10 @@ def evaluate_cmd(
     """Evaluate CHECKPOINT (a model.pt or a run folder) under full, uni100 and pop100."""
     import json
 
-    import numpy as np
-
     from dnsrec_edge.data.load import load_dataset
     from dnsrec_edge.evaluate import evaluate
     from dnsrec_edge.train.checkpoint import load_checkpoint, read_checkpoint
-    from dnsrec_edge.train.trainer import set_threads, validation_holdout
+    from dnsrec_edge.train.trainer import set_threads, validation_holdout, validation_users
 
     quiet = ctx.obj.get("quiet", False)
     set_threads(threads)
@@ -301,8 +299,8 @@ def evaluate_cmd(
     )
     max_len = model.arch.max_len if hasattr(model, "arch") else extra.get("max_len", 200)
     # valid: only the users whose validation item the model was not trained on
-    holdout = validation_holdout(dataset, TrainConfig.from_dict(extra.get("train_config", {})))
-    valid_set = dataset if holdout is None else dataset.subset(np.flatnonzero(holdout))
+    trained_with = TrainConfig.from_dict(extra.get("train_config", {}))
+    valid_set = validation_users(dataset, validation_holdout(dataset, trained_with))
     metrics = {
         p: evaluate(
             model.predict,

@@ -390,8 +390,7 @@ def _board_measurer(
     facts = rpc_mod.board_facts(session)
     where = f"the board at {link.label}"
     rpc_mod.check_arch(tgt.arch, facts, where, "the tuning candidates", tgt.name)
-    threads = min(tgt.threads, (facts or {}).get("cpus_available") or tgt.threads)
-    rpc_mod.set_threads(session, facts, threads)
+    rpc_mod.set_threads(session, facts, rpc_mod.capped_threads(tgt.threads, facts))
     if (facts or {}).get("emulated"):
         log.warning("%s is emulated: tuning measures the emulator's speed, not a board's", where)
     return Measurer(session=session, compiler=compiler, where=where)

@@ -7,8 +7,9 @@ follow what makes a batch-1 call take time on a CPU with the toolkit's TVM build
 - matmul GFLOPs split by how the kernel runs. A matmul's output columns are vectorised
   in register tiles of 16 columns when their count N is a multiple of 16, of 8 when N is
   an odd multiple of 8 (its own feature: measured on x86_64 with one thread, 8-column
-  row-vector products cost 1.5x the 16-column ones per FLOP), of 4 otherwise when N is a multiple of 4 (counted twice as 16-column
-  work); any other N runs scalar code, several times slower per FLOP. Row-vector
+  row-vector products cost 1.5x the 16-column ones per FLOP), and of 4 when N is otherwise
+  a multiple of 4 (counted twice as 16-column work); any other N runs scalar code, several
+  times slower per FLOP. Row-vector
   products (``gemv``: one row, e.g. the scoring layer and the last block at batch 1) stream
   their weights and cost more per FLOP than many-row ``gemm``. Scalar kernels above
   ``PARALLEL_MIN_MACS`` go through the thread pool, which the compiler's schedule handles

@@ -113,7 +113,7 @@ def train_model(
     threads = set_threads(config.threads)
     out = Path(out_dir) if out_dir is not None else None
     holdout = validation_holdout(dataset, config)
-    valid_set = dataset if holdout is None else dataset.subset(np.flatnonzero(holdout))
+    valid_set = validation_users(dataset, holdout)
     steps_per_epoch = count_batches(dataset, config.max_len, config.batch_size, holdout=holdout)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
@@ -284,6 +284,11 @@ def validation_holdout(dataset: Dataset, config: TrainConfig) -> np.ndarray | No
     return holdout
 
 
+def validation_users(dataset: Dataset, holdout: np.ndarray | None) -> Dataset:
+    """The users validation is measured on: those whose validation item was held out."""
+    return dataset if holdout is None else dataset.subset(np.flatnonzero(holdout))
+
+
 def final_metrics(
     model: nn.Module,
     dataset: Dataset,
@@ -293,8 +298,7 @@ def final_metrics(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{"valid", "test"}`` metrics of a trained model: valid over the users whose validation
     item was held out from training, test over every user."""
-    holdout = validation_holdout(dataset, config)
-    valid_set = dataset if holdout is None else dataset.subset(np.flatnonzero(holdout))
+    valid_set = validation_users(dataset, validation_holdout(dataset, config))
     return {
         part: evaluate(
             model.predict,
