@@ -4,7 +4,8 @@ Both models are exported to ONNX (dynamic batch) and timed side by side in one r
 interleaved: ONNX Runtime and PyTorch ``predict`` at batch 1 and batch 64, medians and
 subnet/baseline ratios, plus parameters, FLOPs (batch 1), ONNX file size, the pruning
 equivalence (materialised subnet vs the hard-selected supernet) and the ONNX Runtime vs
-PyTorch difference. Results are merged into benchmarks/results/export.json under the dataset.
+PyTorch difference. Results are merged into benchmarks/results/export.json under the dataset
+(or ``--name``).
 
     python benchmarks/export.py --quick          # untrained models of the ml-1m shapes
     python benchmarks/export.py --baseline runs/base/model.pt --run runs/search --dataset ml-1m
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50, help="timed calls per model and case")
     parser.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads")
     parser.add_argument("--out", type=Path, default=RESULTS / "export.json")
+    parser.add_argument("--name", help="key of this run in --out (default: the dataset)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -137,15 +139,16 @@ def main() -> None:
     entry: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {name: export_onnx(m, Path(tmp) / f"{name}.onnx") for name, m in models.items()}
-        onnx_diff = max(
-            validate_onnx(paths[n], m, histories).max_abs_diff for n, m in models.items()
-        )
+        reports = {n: validate_onnx(paths[n], m, histories) for n, m in models.items()}
+        onnx_diff = max(r.max_abs_diff for r in reports.values())
         for name, m in models.items():
             entry[name] = {
                 "arch": m.arch.to_dict(),
                 "params": sum(p.numel() for p in m.parameters()),
                 "flops": analyze(m.arch, batch=1).flops,
                 "onnx_bytes": paths[name].stat().st_size,
+                "ort_rows_checked": reports[name].rows,
+                "ort_tied_rows": reports[name].tied_rows,
             }
         runtimes = {
             "ort": {n: _ort_fn(paths[n], args.threads) for n in models},
@@ -179,7 +182,7 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
     }
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results[args.dataset] = entry
+    results[args.name or args.dataset] = entry
     atomic_write_json(args.out, results)
     log.info("wrote %s", args.out)
 

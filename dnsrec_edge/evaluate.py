@@ -48,7 +48,8 @@ def evaluate(
     """Leave-one-out metrics of ``scores_fn`` on ``part`` ("valid" or "test").
 
     ``scores_fn(item_seq (B, max_len) int64) -> (B, n_items)`` scores (column j = item j+1),
-    e.g. ``model.predict`` (a module's bound method is switched to eval mode while it runs),
+    e.g. ``model.predict`` (a module's bound method is switched to eval mode while it runs and
+    gets its inputs on the module's device),
     an ONNX Runtime or TVM wrapper. Returns ``{protocol: {"hr@k", "ndcg@k", "mrr@k"}}``.
     ``trim=True`` batches users of similar history length and passes ``(B, T)`` inputs with
     ``T <= max_len`` (the longest history in the batch): same results for models that accept
@@ -65,6 +66,8 @@ def evaluate(
     sums = {p: np.zeros(3) for p in protocols}
     owner = getattr(scores_fn, "__self__", None)
     was_training = isinstance(owner, torch.nn.Module) and owner.training
+    weight = next(owner.parameters(), None) if isinstance(owner, torch.nn.Module) else None
+    device = None if weight is None else weight.device
     if was_training:
         owner.eval()
     try:
@@ -72,8 +75,10 @@ def evaluate(
         for users in track(batches, f"evaluate {part}", quiet=quiet):
             rows = torch.from_numpy(users)
             width = max(1, int(lengths[users].max())) if trim else max_len
+            inputs = item_seq[rows, max_len - width :]
             with torch.no_grad():
-                scores = torch.as_tensor(scores_fn(item_seq[rows, max_len - width :])).float()
+                scores = scores_fn(inputs if device is None else inputs.to(device))
+            scores = torch.as_tensor(scores).float().cpu()
             _check_shape(scores, len(users), dataset)  # (B, n)
             scores = torch.nan_to_num(scores, nan=-torch.inf)
             tgt = target[rows] - 1  # (B,) score column of the target

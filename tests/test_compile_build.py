@@ -98,7 +98,7 @@ def test_artifact_checksums_are_verified(host_artifact, tmp_path):
     ("target", "machine"), [("arm64", "aarch64"), ("rpi4", "aarch64"), ("riscv64", "riscv64")]
 )
 def test_cross_builds_have_the_target_elf_machine(tiny_onnx, tmp_path, target, machine):
-    art = compile_model(tiny_onnx, target, tmp_path / target, quiet=True)
+    art = compile_model(tiny_onnx, target, tmp_path / "new" / target, quiet=True)  # parent made
     assert elf_machine(art.library) == machine
     manifest = json.loads((art.path / MANIFEST).read_text())
     assert manifest["arch"] == machine and manifest["target"] == target
@@ -114,6 +114,15 @@ def test_existing_output_needs_force(tiny_onnx, host_artifact):
     assert (
         result.exit_code == 1 and "already exists" in result.output and "--force" in result.output
     )
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_sentence(tiny_onnx, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = CliRunner().invoke(
+        main, ["compile", str(tiny_onnx), "-t", "x86_64", "-o", str(tmp_path / "file" / "art")]
+    )
+    assert result.exit_code == 1 and "cannot write to folder" in result.output
+    assert "writable folder" in result.output and "Traceback" not in result.output
 
 
 def test_corrupt_onnx_file(tmp_path):

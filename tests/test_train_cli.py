@@ -87,3 +87,12 @@ def test_evaluate_and_resume_errors(tmp_path):
     assert result.output == (
         "Error: unknown dataset 'ml-1n'; known: ml-100k, ml-1m, ml-latest-small (did you mean ml-1m?)\n"
     )
+
+
+def test_an_unknown_training_device_is_one_sentence(slice_csv, tmp_path):
+    result = run("train", "--dataset", slice_csv[0], "--out", tmp_path / "r", "--device", "gpu0")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: invalid training settings: device 'gpu0' is not cpu, cuda, cuda:N or mps\n"
+    )
+    assert not (tmp_path / "r").exists()  # refused before anything was written

@@ -101,6 +101,7 @@ BOARD_FILES = (
     "__init__.py",
     "errors.py",
     "bench/__init__.py",
+    "bench/cuda_runtime.py",
     "bench/probe.py",
     "bench/device_info.py",
     "bench/server.py",

@@ -29,6 +29,7 @@ from dnsrec_edge import __version__
 from dnsrec_edge.bench import energy as energy_mod
 from dnsrec_edge.bench import probe as probe_mod
 from dnsrec_edge.bench import rpc as rpc_mod
+from dnsrec_edge.bench.cuda_runtime import load_cuda_runtime
 from dnsrec_edge.bench.report import MEASURED_SOURCES, BenchReport, BoardResult
 from dnsrec_edge.compile.artifact import load_artifact
 from dnsrec_edge.compile.targets import load_target
@@ -72,7 +73,7 @@ class _BoardRun:
     def prepare(self) -> None:
         """Connect, check arch, upload, load, check outputs, set threads, pick the meter."""
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine  # runtime-only TVM installs have no relax
 
         if self.session is None:
             self.session = self.link.open()
@@ -100,9 +101,15 @@ class _BoardRun:
         self.result.threads = rpc_mod.set_threads(session, facts, threads)
         lib = Path(self.art.path) / "lib.so"
         name = f"dnsrec_{manifest['files']['lib.so'][:16]}.so"
+        if manifest.get("device") == "cuda" and self.link.local and not load_cuda_runtime():
+            raise DeviceError(
+                f"artifact '{self.art.path}' is a CUDA build and this machine's TVM cannot use "
+                "a GPU (no libtvm_runtime_cuda.so or no NVIDIA driver); bench it on a GPU "
+                "board with `dnsrec-edge device serve` there"
+            )
         module = rpc_mod.load_library(session, str(lib), name, where)
         self.dev = session.cuda(0) if manifest.get("device") == "cuda" else session.cpu()
-        self.vm = relax.VirtualMachine(module, self.dev)
+        self.vm = VirtualMachine(module, self.dev)
         x = np.load(Path(self.art.path) / "reference_input.npy")
         ref = np.load(Path(self.art.path) / "reference_output.npy")
         self.x = tvm.runtime.tensor(x, self.dev)

@@ -55,8 +55,10 @@ def check_runtime() -> None:
 def _init_agent(port: int) -> None:
     # Runs inside TVM's server process (sent there by cloudpickle, by reference).
     from dnsrec_edge.bench import device_info
+    from dnsrec_edge.bench.cuda_runtime import load_cuda_runtime
 
     device_info.register(rpc_port=port)
+    load_cuda_runtime()  # a GPU board serves CUDA artifacts; CPU-only boards skip this
 
 
 def reach_hint(host: str, port: int, tracker: str | None, key: str) -> str:

@@ -177,6 +177,12 @@ def print_metrics(metrics: dict, title: str) -> None:
     default=None,
     help="Torch threads (default: all cores).",
 )
+@click.option(
+    "--device",
+    default=DEFAULTS.device,
+    show_default=True,
+    help="Torch device that trains: cpu, cuda or cuda:N (checkpoints are saved for the CPU).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Start over in an existing --out folder.")
 @click.pass_context

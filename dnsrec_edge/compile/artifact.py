@@ -64,7 +64,7 @@ class Artifact:
     def load_vm(self, threads: int | None = None):
         """A Relax VirtualMachine over the library on this machine's CPU."""
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine  # runtime-only TVM installs have no relax
 
         if not self.runs_here():
             raise DeviceError(
@@ -75,7 +75,7 @@ class Artifact:
         if threads is not None:
             set_threads(threads)
         module = tvm.runtime.load_module(str(self.library))
-        return relax.VirtualMachine(module, tvm.cpu())
+        return VirtualMachine(module, tvm.cpu())
 
     def run_local(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Run the library on this host's CPU: ``item_seq`` (B, L) int64 -> ``scores``."""

@@ -42,7 +42,7 @@ def save_checkpoint(
     payload = {
         "format": CHECKPOINT_FORMAT,
         "kind": kind,
-        "state_dict": model.state_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "arch": model.arch.to_dict() if hasattr(model, "arch") else None,
         "dropout": _dropout(model),
         "gate_gamma": _gate_gamma(model),

@@ -7,6 +7,7 @@ dropout 0.1, max length 200, hidden 64, 2 blocks, 1 head (the SASRec paper's arc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -43,6 +44,7 @@ class TrainConfig:
     ema: float = 0.0  # per-step decay of an average of the weights that is validated and kept
     eval_batch_size: int = 512
     max_minutes: float | None = None  # stop after the epoch that crosses this wall time
+    device: str = "cpu"  # torch device that trains, e.g. "cuda"; results come back on the CPU
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +67,8 @@ class TrainConfig:
             problems.append(f"crop must be in [0, 1] (got {self.crop})")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            problems.append(f"device '{self.device}' is not cpu, cuda, cuda:N or mps")
         if problems:
             raise TrainConfigError("invalid training settings: " + "; ".join(problems))
 

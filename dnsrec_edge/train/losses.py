@@ -48,11 +48,13 @@ def sequence_loss(
     if loss == "sampled":
         if log_q is None:
             neg = torch.randint(1, n_items + 1, (negatives,), generator=generator)  # (M,)
+            neg = neg.to(h.device)
             correction = None
         else:
             neg = (
                 torch.multinomial(log_q.exp(), negatives, replacement=True, generator=generator) + 1
             )
+            log_q, neg = log_q.to(h.device), neg.to(h.device)
             correction = log_q[neg - 1]  # (M,)
         pos_logit = (h * weight[y]).sum(-1, keepdim=True)  # (N, 1)
         neg_logit = h @ weight[neg].t()  # (N, M)
@@ -64,6 +66,7 @@ def sequence_loss(
         return F.cross_entropy(logits, torch.zeros_like(y))
     if loss == "bce":
         neg = torch.randint(1, n_items + 1, (y.shape[0], negatives), generator=generator)  # (N, M)
+        neg = neg.to(h.device)
         pos_logit = (h * weight[y]).sum(-1)  # (N,)
         neg_logit = (h.unsqueeze(1) * weight[neg]).sum(-1)  # (N, M)
         pos = F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
@@ -88,10 +91,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n = h.shape[0]
         grad_h = torch.empty_like(h)  # (N, d)
         grad_w = torch.zeros_like(weight)  # (n_items, d)
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=h.device)
         for start in range(0, n, CE_CHUNK):
             hc, tc = h[start : start + CE_CHUNK], target[start : start + CE_CHUNK]
-            rows = torch.arange(len(tc))
+            rows = torch.arange(len(tc), device=h.device)
             logits = hc @ weight.t()  # (c, n_items)
             picked = logits[rows, tc]  # (c,) target logits
             top = logits.amax(dim=1, keepdim=True)  # (c, 1)

@@ -108,9 +108,12 @@ def train_model(
     """Train ``model`` on ``dataset``; early-stop on valid NDCG@10 (full ranking); restore the best.
 
     With ``out_dir``, each epoch rewrites ``last.pt`` and appends to ``history.jsonl``, and a
-    better epoch rewrites ``model.pt``; ``resume`` continues from ``last.pt``.
+    better epoch rewrites ``model.pt``; ``resume`` continues from ``last.pt``. Training runs
+    on ``config.device``; the returned model is on the CPU.
     """
     threads = set_threads(config.threads)
+    device = torch.device(config.device)
+    model.to(device)
     out = Path(out_dir) if out_dir is not None else None
     holdout = validation_holdout(dataset, config)
     valid_set = validation_users(dataset, holdout)
@@ -132,7 +135,7 @@ def train_model(
         "ema": None,  # exponential moving average of the weights (config.ema > 0)
     }
     if resume and out is not None:
-        state = _restore(out / "last.pt", model, optimizer, scheduler, dataset, state)
+        state = _restore(out / "last.pt", model, optimizer, scheduler, dataset, state, device)
         log.info(
             "resuming at epoch %d (best so far: epoch %d)", state["epoch"] + 1, state["best_epoch"]
         )
@@ -162,6 +165,7 @@ def train_model(
             total=steps_per_epoch,
             quiet=quiet,
         ):
+            item_seq, targets = item_seq.to(device), targets.to(device)
             loss = sequence_loss(
                 model, item_seq, targets, config.loss, config.negatives, log_q, generator
             )
@@ -227,7 +231,7 @@ def train_model(
             _save_state(out / "last.pt", model, optimizer, scheduler, dataset, state, config)
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
-    model.eval()
+    model.to("cpu").eval()
     log.debug("trained with %d threads", threads)
     return TrainResult(
         model=model,
@@ -335,7 +339,9 @@ def _save_state(path, model, optimizer, scheduler, dataset, state, config) -> No
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _restore(path: Path, model, optimizer, scheduler, dataset: Dataset, state: dict) -> dict:
+def _restore(
+    path: Path, model, optimizer, scheduler, dataset: Dataset, state: dict, device
+) -> dict:
     if not path.is_file():
         raise InputFileError(f"no training state '{path}' to resume from; start without --resume")
     try:
@@ -352,7 +358,11 @@ def _restore(path: Path, model, optimizer, scheduler, dataset: Dataset, state: d
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    return {k: payload[k] for k in state}
+    restored = {k: payload[k] for k in state}
+    for key in ("ema", "best_state"):  # weight copies live beside the model
+        if restored[key] is not None:
+            restored[key] = {k: v.to(device) for k, v in restored[key].items()}
+    return restored
 
 
 def baseline_arch(dataset: Dataset, config: TrainConfig) -> ArchSpec:
