@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the Agg backend)
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from dnsrec_edge.fsio import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -175,6 +176,7 @@ def plot_accuracy(data: Mapping[str, Any]) -> bytes | None:
         xs = [x for x, _ in xy]
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap
         ax.set_ylabel("NDCG@10 (test, full ranking)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
@@ -335,13 +337,15 @@ def plot_cost_model(cost: Mapping[str, Any]) -> bytes | None:
                 MODEL_LABELS[kind],
                 (p["measured_ms"], p["predicted_ms"]),
                 textcoords="offset points",
-                xytext=(6, -10),
+                xytext=(6, 4 if kind == "baseline" else -12),  # apart when the two are close
                 fontsize=8,
             )
     if any(p.get("kind") == "record" for p in points):
         ax.scatter([], [], s=18, color="#95a5a6", label="calibration records")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_formatter(NullFormatter())  # minor labels overlap
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_xlabel(f"measured latency, {cost.get('statistic', 'median')} ms (log)")
