@@ -4,7 +4,7 @@ Runs ``dnsrec_edge.pipeline`` (default: ml-1m, preset ``full``, budget flops=25%
 this x86_64 host, plus an arm64 artifact), then runs it again to time a rerun that reuses
 every finished stage. Writes ``benchmarks/results/pipeline.json``.
 
-    .venv/bin/python benchmarks/pipeline.py                 # full ml-1m run (hours on 2 cores)
+    .venv/bin/python benchmarks/pipeline.py                 # full ml-1m run (about 70 min on 2 cores)
     .venv/bin/python benchmarks/pipeline.py --quick         # ml-100k smoke run (minutes)
 
 The run folder is kept (default ``runs/bench-<dataset>``): rerunning the script resumes it.
