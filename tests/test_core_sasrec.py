@@ -12,6 +12,9 @@ ARCHS = [
     ArchSpec(100, 20, 32, (BlockSpec(2, 16, 64, 8), BlockSpec(1, 8, 32, 0, "linear"))),
     ArchSpec.uniform(300, 50, 64, depth=2, heads=2, ffn=256),
     ArchSpec(50, 10, 16, (BlockSpec(1, 4, 8, 3),)),
+    ArchSpec(
+        80, 12, 16, (BlockSpec(2, 8, 32, 4, norm="query"), BlockSpec(1, 16, 16, norm="query"))
+    ),
 ]
 
 
@@ -73,3 +76,21 @@ def test_shorter_input_uses_the_last_positions():
     seq[:, :10] = 0
     with torch.no_grad():
         assert torch.allclose(model.predict(seq), model.predict(seq[:, 10:]), atol=1e-5)
+
+
+def test_query_norm_block_normalises_only_the_queries():
+    arch = ArchSpec.uniform(40, 8, 16, depth=1, heads=2, ffn=32, norm="query")
+    torch.manual_seed(0)
+    model = SASRec(arch, dropout=0.0).eval()
+    seq = _seq(arch)
+    block = model.blocks[0]
+    x, allowed, x0 = model.embed(seq)
+    with torch.no_grad():
+        h = block.ln1(x)
+        y = h + block.attn(h, x, allowed)  # keys and values from the raw stream
+        h = block.ln2(y)
+        want = model.ln_f(h + block.ffn(h, x0))
+        assert torch.allclose(model(seq), want, atol=1e-6)
+        pre = SASRec(ArchSpec.uniform(40, 8, 16, depth=1, heads=2, ffn=32), dropout=0.0).eval()
+        pre.load_state_dict(model.state_dict())
+        assert not torch.allclose(pre(seq), want, atol=1e-3)  # the block kind matters

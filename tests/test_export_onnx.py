@@ -172,3 +172,15 @@ def test_near_tie_swaps_within_the_rows_error_are_ties_and_larger_swaps_are_not(
     assert _differing_rows(ref, swapped, ref_ids, np.array([3e-7])) == ([], 1)
     assert _differing_rows(ref, swapped, ref_ids, np.array([1e-7])) == ([0], 0)
     assert _differing_rows(ref, np.array([[2, 1, 3, 4]]), ref_ids, np.array([3e-7])) == ([0], 0)
+
+
+def test_query_norm_blocks_export_and_validate(histories, tmp_path):
+    n_items, seqs = histories
+    torch.manual_seed(1)
+    arch = ArchSpec.uniform(n_items, 30, 32, depth=2, heads=2, ffn=64, norm="query")
+    m = SASRec(arch)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = export_onnx(m.eval(), tmp_path / "query.onnx")
+    assert validate_onnx(path, m, seqs).max_abs_diff <= 1e-4

@@ -21,6 +21,8 @@ from dnsrec_edge.train.trainer import TrainConfig
          [BlockSpec(2, 8, 32, 8), BlockSpec(1, 16, 24, 0, "linear")]),
         ((BlockSpec(1, 32, 32), BlockSpec(1, 32, 32)),  # one head: head dims go
          [BlockSpec(1, 16, 16), BlockSpec(1, 16, 16)]),
+        ((BlockSpec(1, 32, 32, norm="query"),) * 2,  # the block kind survives pruning
+         [BlockSpec(1, 16, 16, norm="query")] * 2),
     ],
 )  # fmt: skip
 def test_prune_by_importance_halves_heads_and_ffn(blocks, expected):

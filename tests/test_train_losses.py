@@ -89,3 +89,22 @@ def test_fused_cross_entropy_matches_autograd():
     assert torch.allclose(fused[0], h.grad, atol=1e-6) and torch.allclose(
         fused[1], w.grad, atol=1e-6
     )
+
+
+def test_fused_cross_entropy_under_bf16_autocast_stays_close_to_float32():
+    torch.manual_seed(0)
+    h = torch.randn(700, 16, requires_grad=True)
+    w = (0.3 * torch.randn(300, 16)).requires_grad_()
+    target = torch.randint(0, 300, (700,))
+    exact = linear_cross_entropy(h, w, target)
+    exact.backward()
+    grads = (h.grad.clone(), w.grad.clone())
+    h.grad = w.grad = None
+    with torch.autocast("cpu", torch.bfloat16):
+        low = linear_cross_entropy(h, w, target)
+    low.backward()
+    assert low.dtype == torch.float32 and h.grad.dtype == torch.float32
+    assert abs(low.item() - exact.item()) < 1e-2 * exact.item()
+    assert not torch.equal(h.grad, grads[0])  # the matmuls really ran in bfloat16
+    for got, want in zip((h.grad, w.grad), grads, strict=True):
+        assert (got - want).norm() < 2e-2 * want.norm()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnsrec_edge.errors import CheckpointMismatch, InputFileError, OutputExists
+from dnsrec_edge.errors import CheckpointMismatch, InputFileError, OutputExists, TrainConfigError
 from dnsrec_edge.evaluate import evaluate
 from dnsrec_edge.models.sasrec import SASRec
 from dnsrec_edge.train.checkpoint import load_checkpoint, save_checkpoint
@@ -124,3 +124,18 @@ def test_valid_share_holds_out_a_seeded_subset(ml100k_small):
     both = final_metrics(result.model, ml100k_small, config, ("full",))
     assert both["valid"]["full"] == pytest.approx(valid["full"])
     assert result.best_valid == pytest.approx(valid["full"])
+
+
+def test_bf16_training_learns_and_keeps_float32_weights(ml100k_small):
+    config = TrainConfig(epochs=3, precision="bf16", **TINY)
+    model = _model(ml100k_small, config)
+    before = evaluate(model.predict, ml100k_small, "valid", 30, protocols=("full",))["full"]
+    result = train_model(model, ml100k_small, config, quiet=True)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.best_valid["ndcg@10"] > before["ndcg@10"]
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(TrainConfigError, match="precision .fp16. is not one of fp32, bf16"):
+        TrainConfig(precision="fp16")

@@ -15,6 +15,7 @@ from dnsrec_edge.errors import ArchSpecError
 
 ARCHSPEC_VERSION = 1
 ATTENTION_KINDS = ("softmax", "linear")
+NORM_KINDS = ("pre", "query")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class BlockSpec:
     ffn: int
     gate_hidden: int = 0  # hidden width of each data-aware gate MLP; 0 = no gates
     attention: str = "softmax"  # "softmax" or causal L2-normalised "linear"
+    norm: str = "pre"  # "pre": pre-LayerNorm block; "query": the SASRec paper's block
 
     @property
     def attn_width(self) -> int:
@@ -61,6 +63,8 @@ class ArchSpec:
                 problems.append(
                     f"block {i} attention '{b.attention}' is not one of {', '.join(ATTENTION_KINDS)}"
                 )
+            if b.norm not in NORM_KINDS:
+                problems.append(f"block {i} norm '{b.norm}' is not one of {', '.join(NORM_KINDS)}")
         if self.version != ARCHSPEC_VERSION:
             problems.append(f"version {self.version} is not {ARCHSPEC_VERSION}")
         if problems:
@@ -81,11 +85,12 @@ class ArchSpec:
         ffn: int | None = None,
         gate_hidden: int = 0,
         attention: str = "softmax",
+        norm: str = "pre",
     ) -> ArchSpec:
         """A SASRec with ``depth`` identical blocks (head_dim = hidden / heads)."""
         if hidden % heads:
             raise ArchSpecError(f"hidden {hidden} is not divisible by heads {heads}")
-        block = BlockSpec(heads, hidden // heads, ffn or hidden, gate_hidden, attention)
+        block = BlockSpec(heads, hidden // heads, ffn or hidden, gate_hidden, attention, norm)
         return cls(n_items, max_len, hidden, tuple([block] * depth))
 
     def with_items(self, n_items: int) -> ArchSpec:

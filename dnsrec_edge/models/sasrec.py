@@ -84,10 +84,17 @@ class FeedForward(nn.Module):
 
 
 class SASRecBlock(nn.Module):
-    """Pre-LayerNorm transformer block: x + Attn(LN(x)); x + FFN(LN(x))."""
+    """A transformer block; ``norm`` picks where the LayerNorms sit.
+
+    - ``"pre"``: ``x + Attn(LN(x))``, then ``x + FFN(LN(x))``.
+    - ``"query"`` (the SASRec paper's block): only the queries are normalised; keys and
+      values read the raw stream, and each residual adds to the normalised input:
+      ``h = LN1(x); x = h + Attn(h, x, x); h = LN2(x); x = h + FFN(h)``.
+    """
 
     def __init__(self, hidden: int, block: BlockSpec, dropout: float, gamma: float):
         super().__init__()
+        self.norm = block.norm
         self.ln1 = nn.LayerNorm(hidden)
         self.attn = CausalSelfAttention(hidden, block, dropout)
         self.ln2 = nn.LayerNorm(hidden)
@@ -102,12 +109,14 @@ class SASRecBlock(nn.Module):
         last_only: bool = False,
     ) -> torch.Tensor:
         h = self.ln1(x)
+        kv = h if self.norm == "pre" else x
         if last_only:  # only the last position is needed downstream
-            x, x0, allowed = x[:, -1:], (None if x0 is None else x0[:, -1:]), allowed[:, :, -1:]
-            x = x + self.drop(self.attn(h[:, -1:], h, allowed))
-        else:
-            x = x + self.drop(self.attn(h, h, allowed))
-        return x + self.drop(self.ffn(self.ln2(x), x0))
+            x, h = x[:, -1:], h[:, -1:]
+            x0, allowed = (None if x0 is None else x0[:, -1:]), allowed[:, :, -1:]
+        residual = x if self.norm == "pre" else h
+        x = residual + self.drop(self.attn(h, kv, allowed))
+        h = self.ln2(x)
+        return (x if self.norm == "pre" else h) + self.drop(self.ffn(h, x0))
 
 
 class SASRec(nn.Module):

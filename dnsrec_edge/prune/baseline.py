@@ -167,6 +167,7 @@ def prune_by_importance(model: SASRec, ratio: float, importance: str = "magnitud
                 b.ffn.fc1.out_features,
                 spec.gate_hidden,
                 spec.attention,
+                spec.norm,
             )
         )
     with torch.no_grad():  # keep q.k at its old scale where head dims were removed

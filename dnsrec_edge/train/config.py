@@ -12,10 +12,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from dnsrec_edge.errors import TrainConfigError
+from dnsrec_edge.models.archspec import NORM_KINDS as NORMS
 
 LOSSES = ("ce", "sampled", "bce")
 SCHEDULES = ("constant", "cosine")
 SAMPLERS = ("uniform", "pop")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -40,11 +42,14 @@ class TrainConfig:
     hidden: int = 64
     blocks: int = 2
     heads: int = 1
+    ffn: int | None = None  # FFN width; None: hidden, as in the SASRec paper
+    norm: str = "pre"  # block kind: "pre" (pre-LayerNorm) or "query" (the SASRec paper's)
     dropout: float = 0.1
     ema: float = 0.0  # per-step decay of an average of the weights that is validated and kept
     eval_batch_size: int = 512
     max_minutes: float | None = None  # stop after the epoch that crosses this wall time
     device: str = "cpu"  # torch device that trains, e.g. "cuda"; results come back on the CPU
+    precision: str = "fp32"  # "bf16": matmuls of the training steps in bfloat16 (autocast)
 
     def __post_init__(self) -> None:
         problems = []
@@ -52,6 +57,12 @@ class TrainConfig:
             problems.append(f"loss '{self.loss}' is not one of {', '.join(LOSSES)}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule '{self.schedule}' is not one of {', '.join(SCHEDULES)}")
+        if self.norm not in NORMS:
+            problems.append(f"norm '{self.norm}' is not one of {', '.join(NORMS)}")
+        if self.ffn is not None and self.ffn < 1:
+            problems.append(f"ffn must be >= 1 (got {self.ffn})")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
         if self.sampler not in SAMPLERS:
             problems.append(f"sampler '{self.sampler}' is not one of {', '.join(SAMPLERS)}")
         for name in ("epochs", "batch_size", "max_len", "hidden", "blocks", "heads", "negatives"):

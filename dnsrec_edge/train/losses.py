@@ -83,19 +83,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     The full (N, n_items) logits, log-softmax and its gradient are never materialised: each
     chunk of rows computes logits, the softmax (one ``exp`` pass, in place), the loss and
-    ``softmax - onehot``, then its share of both input gradients.
+    ``softmax - onehot``, then its share of both input gradients. ``low`` (e.g. bfloat16)
+    runs the three matmuls in that dtype; the softmax and the sums stay in float32.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, target):
+    def forward(ctx, h, weight, target, low):
         n = h.shape[0]
         grad_h = torch.empty_like(h)  # (N, d)
         grad_w = torch.zeros_like(weight)  # (n_items, d)
         total = torch.zeros((), dtype=torch.float64, device=h.device)
+        h_mm = h if low is None else h.to(low)
+        w_mm = weight if low is None else weight.to(low)
         for start in range(0, n, CE_CHUNK):
-            hc, tc = h[start : start + CE_CHUNK], target[start : start + CE_CHUNK]
+            hc, tc = h_mm[start : start + CE_CHUNK], target[start : start + CE_CHUNK]
             rows = torch.arange(len(tc), device=h.device)
-            logits = hc @ weight.t()  # (c, n_items)
+            logits = (hc @ w_mm.t()).float()  # (c, n_items)
             picked = logits[rows, tc]  # (c,) target logits
             top = logits.amax(dim=1, keepdim=True)  # (c, 1)
             probs = logits.sub_(top).exp_()  # unnormalised softmax, in place
@@ -103,15 +106,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += (top.squeeze(1) + norm.squeeze(1).log() - picked).sum().double()
             probs.div_(norm)
             probs[rows, tc] -= 1.0  # d loss / d logits, times N
-            torch.mm(probs, weight, out=grad_h[start : start + CE_CHUNK])
-            grad_w.addmm_(probs.t(), hc)
+            if low is None:
+                torch.mm(probs, weight, out=grad_h[start : start + CE_CHUNK])
+                grad_w.addmm_(probs.t(), hc)
+            else:
+                probs = probs.to(low)
+                grad_h[start : start + CE_CHUNK] = probs @ w_mm
+                grad_w += probs.t() @ hc
         ctx.save_for_backward(grad_h.div_(n), grad_w.div_(n))
         return (total / n).to(h.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out, grad_w * grad_out, None
+        return grad_h * grad_out, grad_w * grad_out, None, None
 
 
 def linear_cross_entropy(
@@ -120,6 +128,10 @@ def linear_cross_entropy(
     """``F.cross_entropy(h @ weight.T, target)`` without materialising the logits.
 
     ``h`` (N, d), ``weight`` (n_items, d), ``target`` (N,) column indices. About 2x faster
-    than ``F.cross_entropy`` on CPU (measured at N=9000, 3,416 items, one thread).
+    than ``F.cross_entropy`` on CPU (measured at N=9000, 3,416 items, one thread). Inside a
+    ``torch.autocast`` region the matmuls run in the autocast dtype.
     """
-    return _LinearCrossEntropy.apply(h, weight, target)
+    kind = h.device.type
+    low = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    with torch.autocast(kind, enabled=False):
+        return _LinearCrossEntropy.apply(h.float(), weight.float(), target, low)

@@ -166,9 +166,10 @@ def train_model(
             quiet=quiet,
         ):
             item_seq, targets = item_seq.to(device), targets.to(device)
-            loss = sequence_loss(
-                model, item_seq, targets, config.loss, config.negatives, log_q, generator
-            )
+            with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+                loss = sequence_loss(
+                    model, item_seq, targets, config.loss, config.negatives, log_q, generator
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -366,9 +367,15 @@ def _restore(
 
 
 def baseline_arch(dataset: Dataset, config: TrainConfig) -> ArchSpec:
-    """The SASRec ArchSpec the config describes (FFN width = hidden, as in the SASRec paper)."""
+    """The SASRec ArchSpec the config describes (FFN width defaults to hidden, as in SASRec)."""
     return ArchSpec.uniform(
-        dataset.n_items, config.max_len, config.hidden, config.blocks, config.heads
+        dataset.n_items,
+        config.max_len,
+        config.hidden,
+        config.blocks,
+        config.heads,
+        ffn=config.ffn,
+        norm=config.norm,
     )
 
 
