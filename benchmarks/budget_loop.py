@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dnsrec_edge.calibrate import measure_architecture
+from dnsrec_edge.bench.calibrate import measure_architecture
 from dnsrec_edge.cost.calibrated import load_cost_model
 from dnsrec_edge.cost.check import check_against_budget
 from dnsrec_edge.models.archspec import ArchSpec

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from dnsrec_edge import pipeline
-    from dnsrec_edge.flow.run import render_table
+    from dnsrec_edge.pipeline.summaries import render_table
 
     run_dir = Path(args.run_dir or f"runs/bench-{Path(args.dataset).stem}")
     kwargs = {

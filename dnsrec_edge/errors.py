@@ -76,6 +76,10 @@ class OutputMismatch(DnsrecError):
     """A converted or compiled model whose outputs differ from the reference."""
 
 
+class NonFiniteScores(DnsrecError):
+    """A model that returns NaN or infinite scores (damaged weights, diverged training)."""
+
+
 class CompileError(DnsrecError):
     """TVM could not import or build a model."""
 
@@ -110,3 +114,23 @@ class PipelineError(DnsrecError):
 
 class TrainConfigError(DnsrecError):
     """Training settings that cannot be used (unknown loss or schedule, non-positive sizes)."""
+
+
+class StreamingError(DnsrecError):
+    """A streaming session asked to do something its step model cannot; the cache is unchanged."""
+
+
+class UnknownItem(StreamingError):
+    """An item id outside the catalogue (1..n_items) pushed into a streaming session."""
+
+
+class PositionOutOfRange(StreamingError):
+    """A cache length or position past the step model's cache (max_len)."""
+
+
+class CacheShapeMismatch(StreamingError):
+    """A key/value cache whose count, shape or dtype differs from the step model's layout."""
+
+
+class NotStreaming(StreamingError):
+    """A model or artifact that is not a streaming step graph, given to the streaming API."""

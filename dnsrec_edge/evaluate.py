@@ -9,7 +9,8 @@ Protocols (one forward pass per batch serves all of them):
 Sampled negatives never include the target and, with ``exclude_seen``, no seen item. They
 depend only on ``seed``, the user index and the item (a counter-based hash), so every model
 and every batch size sees the same negatives. Ties count against the target (a model that
-scores everything equally gets rank last, not first).
+scores everything equally gets rank last, not first). NaN or infinite scores raise
+:class:`~dnsrec_edge.errors.NonFiniteScores` rather than ranking every target last.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from dnsrec_edge.data.batching import eval_inputs, seen_items
 from dnsrec_edge.data.dataset import Dataset
-from dnsrec_edge.errors import CheckpointMismatch
+from dnsrec_edge.errors import CheckpointMismatch, NonFiniteScores
 from dnsrec_edge.progress import track
 
 PROTOCOLS = ("full", "uni100", "pop100")
@@ -80,7 +81,7 @@ def evaluate(
                 scores = scores_fn(inputs if device is None else inputs.to(device))
             scores = torch.as_tensor(scores).float().cpu()
             _check_shape(scores, len(users), dataset)  # (B, n)
-            scores = torch.nan_to_num(scores, nan=-torch.inf)
+            _check_finite(scores, users, part)
             tgt = target[rows] - 1  # (B,) score column of the target
             excluded = _seen_mask(seen, offsets, users, dataset.n_items, tgt)  # (B, n)
             if not exclude_seen:
@@ -100,6 +101,18 @@ def evaluate(
         p: {f"hr@{k}": float(s[0] / n), f"ndcg@{k}": float(s[1] / n), f"mrr@{k}": float(s[2] / n)}
         for p, s in sums.items()
     }
+
+
+def _check_finite(scores: torch.Tensor, users: np.ndarray, part: str) -> None:
+    """NonFiniteScores for NaN or infinite scores: they would rank as nonsense, not fail."""
+    bad = ~torch.isfinite(scores).all(dim=1)  # (B,)
+    if bad.any():
+        first = int(users[int(bad.to_numpy().argmax())])
+        raise NonFiniteScores(
+            f"the model returned NaN or infinite scores on the {part} inputs of "
+            f"{int(bad.sum())} of {len(users)} users in a batch (first: user index {first}); "
+            "its weights are damaged or its training diverged: retrain it (e.g. with a lower --lr)"
+        )
 
 
 def _check_shape(scores: torch.Tensor, rows: int, dataset: Dataset) -> None:

@@ -225,7 +225,7 @@ def test_a_port_that_is_not_tvm_rpc(artifacts, tmp_path):
 
 
 def test_a_peer_that_never_answers_times_out(artifacts, monkeypatch):
-    from dnsrec_edge.bench import rpc
+    from dnsrec_edge.board import rpc
 
     monkeypatch.setattr(rpc, "HANDSHAKE_TIMEOUT_S", 1.0)
     with socket.socket() as sock:  # accepts (kernel backlog) but never speaks
@@ -385,3 +385,23 @@ def test_tracker_runs_on_two_boards_and_lists_them(artifacts, tmp_path):
     finally:
         for proc in [*boards, tracker]:
             proc.kill()
+
+
+def test_a_store_that_cannot_be_written_keeps_the_finished_measurement(artifacts, tmp_path):
+    from click.testing import CliRunner
+
+    from dnsrec_edge.cli import main
+
+    (tmp_path / "file").write_text("not a folder")
+    store, out = tmp_path / "file" / "cal", tmp_path / "r.json"
+    report = benchmark(artifacts["x86_64"], **FAST, out=out, calibration_dir=store)
+    assert report.complete and report.latency_ms()["samples"] == FAST["repeat"]
+    assert "cannot append to" in report.record_error and str(store) in report.record_error
+    assert json.loads(out.read_text())["record_error"] == report.record_error
+    fast = [f"--{k}={v}" for k, v in FAST.items()]
+    result = CliRunner().invoke(
+        main, ["bench", str(artifacts["x86_64"]), "--local", *fast, "--calibration-dir", str(store)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Warning: the measurement was not recorded (cannot append to" in result.output
+    assert "the report above is kept" in result.output

@@ -11,10 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from dnsrec_edge import paths
-from dnsrec_edge.calibrate import calibrate, write_prior
+from dnsrec_edge.bench.calibrate import calibrate
 from dnsrec_edge.cli import main
 from dnsrec_edge.compile.targets import list_targets, load_target
 from dnsrec_edge.cost.analysis import analyze
+from dnsrec_edge.cost.calibrate import write_prior
 from dnsrec_edge.cost.calibrated import FEATURES, MIN_RECORDS, features, load_cost_model
 from dnsrec_edge.cost.records import append_measurement, load_records
 from dnsrec_edge.cost.sampling import SearchSpace, sample_archs
@@ -99,6 +100,25 @@ def test_torn_and_malformed_lines_are_skipped_and_kept(store, caplog):
     assert f"{path} line 16 skipped: torn last line" in caplog.text
     assert "fitted on 14 record(s)" in result.output
     assert path.read_bytes() == before
+
+
+def test_records_with_bad_devices_or_latencies_are_skipped_with_a_warning(store, caplog):
+    for record in board_records(14):
+        path = append_measurement("arm64", record, store)
+    bad = board_records(3, seed=1)
+    bad[0]["device"] = "pi"  # not an object of facts
+    bad[1]["latency_ms"] = {"median": 2.0, "min": "fast"}
+    bad[2]["latency_ms"] = {"median": 2.0, "min": -3.0}
+    with open(path, "a") as fh:
+        for record in bad:
+            fh.write(json.dumps(record) + "\n")
+    with caplog.at_level(logging.WARNING):
+        result = run("--target", "arm64", "--refit", "--calibration-dir", str(store))
+    assert result.exit_code == 0, result.output
+    assert f"{path} line 15 skipped: record device must be an object" in caplog.text
+    assert f"{path} line 16 skipped: record latency_ms min must be non-negative" in caplog.text
+    assert f"{path} line 17 skipped: record latency_ms min must be non-negative" in caplog.text
+    assert "fitted on 14 record(s)" in result.output
 
 
 def test_model_file_for_another_target_is_refused_and_kept(store):

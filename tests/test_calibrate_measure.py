@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dnsrec_edge.calibrate import measure_architecture
+from dnsrec_edge.bench.calibrate import measure_architecture
 from dnsrec_edge.cost.calibrated import fit_data
 from dnsrec_edge.cost.records import load_records
 from dnsrec_edge.models.archspec import ArchSpec

@@ -116,6 +116,43 @@ def test_existing_output_needs_force(tiny_onnx, host_artifact):
     )
 
 
+def test_force_replaces_an_earlier_artifacts_files_and_nothing_else(
+    tiny_onnx, host_artifact, tmp_path
+):
+    out = tmp_path / "art"
+    shutil.copytree(host_artifact.path, out)
+    model = out / "tiny.onnx"  # the input lies in the output folder
+    shutil.copy(tiny_onnx, model)
+    (out / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(
+        main, ["compile", str(model), "-t", "x86_64", "-o", str(out), "--batch", "3", "--force"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        model.read_bytes() == tiny_onnx.read_bytes() and (out / "notes.txt").read_text() == "mine"
+    )
+    assert load_artifact(out).manifest["onnx_sha256"] == host_artifact.manifest["onnx_sha256"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "lib.so").write_bytes(b"not an artifact's")
+    result = CliRunner().invoke(
+        main, ["compile", str(tiny_onnx), "-t", "x86_64", "-o", str(user), "--force"]
+    )
+    assert result.exit_code == 1 and "is not part of an earlier artifact" in result.output
+    assert (user / "lib.so").read_bytes() == b"not an artifact's"
+
+
+def test_the_default_target_is_this_hosts_architecture(tiny_onnx, tmp_path):
+    from dnsrec_edge.compile.targets import host_target
+    from dnsrec_edge.hostinfo import host_arch
+
+    result = CliRunner().invoke(main, ["-q", "compile", str(tiny_onnx), "-o", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    manifest = load_artifact(tmp_path / "a").manifest
+    assert manifest["target"] == host_target().name and manifest["arch"] == host_arch()
+
+
 def test_an_output_folder_that_cannot_be_made_is_one_sentence(tiny_onnx, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     result = CliRunner().invoke(

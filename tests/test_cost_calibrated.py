@@ -207,3 +207,40 @@ def test_sampling_spreads_over_the_space():
     assert {b.attention for a in archs for b in a.blocks} == {"softmax", "linear"}
     assert min(a.n_items for a in archs) == space.n_items[0]
     assert sample_archs(space, 40, seed=0) == archs  # deterministic per seed
+
+
+def test_a_recorded_ina3221_measurement_reaches_the_energy_fit(tmp_path):
+    """A Jetson's INA3221 figures go through bench's record and are fitted, not dropped."""
+    from types import SimpleNamespace
+
+    from dnsrec_edge.bench import energy as energy_mod
+    from dnsrec_edge.bench.report import BenchReport, BoardResult
+    from dnsrec_edge.bench.run import _record
+    from dnsrec_edge.cost.records import MEASURED_SOURCES
+
+    meters = [energy_mod.RaplMeter, energy_mod.HwmonEnergyMeter, energy_mod.HwmonPowerMeter]
+    meters += [energy_mod.Ina3221Meter, energy_mod.CommandMeter]
+    assert {m.source for m in meters} == set(MEASURED_SOURCES)  # every meter's label counts
+    assert energy_mod.ModelMeter.source not in MEASURED_SOURCES
+    art = SimpleNamespace(manifest={"tvm_version": "0.27.0.post1"})
+    for rec in synthetic_records(MIN_RECORDS + 4, watts=12.0, board="orin-1"):
+        report = BenchReport(
+            artifact="a", artifact_sha256=rec["artifact_sha256"], target="lab-board",
+            arch="aarch64", batch=1, seq_len=rec["seq_len"], archspec=rec["arch"],
+        )  # fmt: skip
+        ms = rec["latency_ms"]["median"]
+        board = BoardResult(label="orin-1:9090", device={"hostname": "orin-1"}, runs=[[ms] * 3])
+        board.energy = {
+            "joules_per_inference": rec["energy"]["joules_per_inference"],
+            "source": energy_mod.Ina3221Meter.source,
+        }
+        _record(report, board, art, tmp_path)
+    records = load_records("lab-board", tmp_path)
+    assert {r["energy"]["source"] for r in records} == {"ina3221"}
+    model = CalibratedModel.prior(FACTS).fit(records)
+    assert model.meta["energy_records"] == len(records)
+    assert model.energy_coefficients is not None
+    arch = arch_of(records[0])
+    assert model.predict(arch).energy_mj == pytest.approx(
+        12.0 * model.predict(arch).latency_ms, rel=0.1
+    )

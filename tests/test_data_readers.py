@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from dnsrec_edge.data.preprocess import build_dataset
 from dnsrec_edge.data.readers import read_interactions
 from dnsrec_edge.errors import DataError, InputFileError
 
@@ -66,6 +67,28 @@ def test_string_ids_are_kept(tmp_path):
     frame = read_interactions(path)
     assert frame["item"].tolist() == ["The Matrix (1999)", "Heat (1995)"]
     assert frame["time"].tolist() == [5, 6]
+
+
+def test_distinct_ids_are_never_merged(tmp_path):
+    """Ids beyond int64, or written with a leading zero, stay distinct strings."""
+    big, bigger = str(10**30), str(10**30 + 1)
+    path = tmp_path / "log.csv"
+    path.write_text(
+        f"user_id,item_id,timestamp\nu1,{big},1\nu1,{bigger},2\nu1,0302,3\nu1,302,4\n"
+    )
+    frame = read_interactions(path)
+    assert frame["item"].tolist() == [big, bigger, "0302", "302"]
+    assert build_dataset(frame, "ids", min_count=0).n_items == 4
+
+
+def test_integer_ids_that_fit_int64_stay_integers(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(f"user_id,item_id,timestamp\n-4,{2**63 - 1},1\n0,7,2\n")
+    frame = read_interactions(path)
+    assert frame["item"].tolist() == [2**63 - 1, 7] and frame["item"].dtype == "int64"
+    assert frame["user"].tolist() == [-4, 0]
+    path.write_text(f"user_id,item_id,timestamp\n1,{2**63},1\n1,7,2\n")  # one past int64
+    assert read_interactions(path)["item"].tolist() == [str(2**63), "7"]
 
 
 def test_missing_file(tmp_path):

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from dnsrec_edge.bench import device_info, energy
+from dnsrec_edge.bench import energy
 from dnsrec_edge.bench.emulate import free_port
+from dnsrec_edge.board import device_info
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120
@@ -135,7 +136,7 @@ def test_serve_reports_facts_samples_sensors_and_stops_every_worker_on_sigterm(t
     import psutil
     from click.testing import CliRunner
 
-    from dnsrec_edge.bench.rpc import connect
+    from dnsrec_edge.board.rpc import connect
     from dnsrec_edge.cli import main
 
     chip = tmp_path / "sys/class/hwmon/hwmon0"  # a constructed 4 W sensor the board reads
@@ -174,6 +175,67 @@ def test_serve_reports_facts_samples_sensors_and_stops_every_worker_on_sigterm(t
     assert "RPC server stopped." in proc.lines
 
 
+def running_in_group(pgid: int) -> list[int]:
+    """Pids of the group's processes that still run (zombies a container's init never reaps
+    do not count)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def port_closed(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
+def test_serve_does_not_outlive_a_parent_killed_with_sigkill():
+    pytest.importorskip("tvm")
+    port = free_port()
+    cli = "from dnsrec_edge.cli import main; main()"
+    proc = Proc([sys.executable, "-c", cli, "device", "serve", "--port", str(port)])
+    try:
+        wait_port(port)
+        os.kill(proc.proc.pid, signal.SIGKILL)  # only the parent: its TVM worker must follow
+        proc.proc.wait(10)
+        deadline = time.monotonic() + 5
+        while not port_closed(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert port_closed(port), "the TVM worker still listens after its parent was killed"
+        time.sleep(0.5)
+        assert running_in_group(proc.proc.pid) == [], "a worker of the killed server still runs"
+    finally:
+        proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--host", "256.1.1.1"], "'256.1.1.1' is not an address"),
+        (["--port", "{taken}"], "the port is in use; pick a free port with --port"),
+    ],
+)
+def test_serve_on_a_bad_host_or_a_taken_port_is_one_sentence(args, message):
+    pytest.importorskip("tvm")
+    from click.testing import CliRunner
+
+    from dnsrec_edge.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        args = [a.format(taken=taken.getsockname()[1]) for a in args]
+        result = CliRunner().invoke(main, ["device", "serve", *args])
+    assert result.exit_code == 1 and message in result.output
+    assert "Traceback" not in result.output and result.output.count("\n") == 1
+
+
 def test_board_without_tvm_runtime_says_what_to_install(tmp_path):
     bare = tmp_path / "bare"
     venv.create(bare, with_pip=False)
@@ -194,7 +256,7 @@ def test_board_without_tvm_runtime_says_what_to_install(tmp_path):
 def test_board_side_modules_stay_light():
     code = (
         "import sys, json\n"
-        "import dnsrec_edge.bench.server, dnsrec_edge.bench.device_info as d\n"
+        "import dnsrec_edge.bench.server, dnsrec_edge.board.device_info as d\n"
         "facts = d.collect()\n"
         "heavy = [m for m in ('torch', 'tvm', 'click', 'rich', 'numpy') if m in sys.modules]\n"
         "print(json.dumps([heavy, facts['arch'], facts['tvm_version']]))"

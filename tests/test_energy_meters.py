@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dnsrec_edge.bench import energy as E
-from dnsrec_edge.bench import probe
+from dnsrec_edge.board import probe
 from dnsrec_edge.errors import DeviceError
 
 

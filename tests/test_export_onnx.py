@@ -163,17 +163,6 @@ def test_tvm_imports_and_runs_the_static_graph(model, histories, tmp_path):
     np.testing.assert_array_equal(items.numpy(), ref_items)
 
 
-def test_near_tie_swaps_within_the_rows_error_are_ties_and_larger_swaps_are_not():
-    from dnsrec_edge.export.validate import _differing_rows
-
-    ref = np.array([[3.0, 2.0, 1.0000004, 1.0, 0.0]])  # items 3 and 4 are 4e-7 apart
-    ref_ids = np.array([[1, 2, 3, 4]])
-    swapped = np.array([[1, 2, 4, 3]])
-    assert _differing_rows(ref, swapped, ref_ids, np.array([3e-7])) == ([], 1)
-    assert _differing_rows(ref, swapped, ref_ids, np.array([1e-7])) == ([0], 0)
-    assert _differing_rows(ref, np.array([[2, 1, 3, 4]]), ref_ids, np.array([3e-7])) == ([0], 0)
-
-
 def test_query_norm_blocks_export_and_validate(histories, tmp_path):
     n_items, seqs = histories
     torch.manual_seed(1)

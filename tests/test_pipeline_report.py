@@ -3,7 +3,7 @@
 import base64
 import re
 
-from dnsrec_edge.flow.report import pareto_front, write_report
+from dnsrec_edge.pipeline.report import pareto_front, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -39,11 +39,13 @@ def _data():
                 "mode": "local",
                 "baseline": {
                     "latency_ms": {"median": 2.0, "p99": 2.5},
+                    "ort_latency_ms": {"median_ms": 1.6, "p99_ms": 1.8},
                     "energy": {"joules_per_inference": 0.004, "source": "model"},
                     "library_bytes": 2 * 2**20,
                 },
                 "dnsrec": {
                     "latency_ms": {"median": 1.0, "p99": 1.4},
+                    "ort_latency_ms": {"median_ms": 0.4, "p99_ms": 0.5},
                     "energy": {"joules_per_inference": 0.002, "source": "model"},
                     "library_bytes": 2**20,
                 },
@@ -98,8 +100,9 @@ def test_report_tables_and_plots(tmp_path):
         assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
     md = (tmp_path / "report.md").read_text()
     assert "| NDCG@10 (full ranking) | 0.1000 | 0.0980 | 0.98x |" in md
-    assert "| latency median (ms) | 2.000 | 1.000 | 0.50x |" in md
-    assert "| latency p99 (ms) | 2.500 | 1.400 | 0.56x |" in md
+    assert "| TVM latency median (ms) | 2.000 | 1.000 | 0.50x |" in md
+    assert "| TVM latency p99 (ms) | 2.500 | 1.400 | 0.56x |" in md
+    assert "| ONNX Runtime median (ms) | 1.600 | 0.400 | 0.25x |" in md
     assert "| energy per inference (mJ) | 4.000 | 2.000 | 0.50x |" in md
     assert "| energy source | model | model |  |" in md
     assert "| artifact library size | 2.0 MiB | 1.0 MiB | 0.50x |" in md

@@ -7,10 +7,10 @@ import pytest
 from click.testing import CliRunner
 
 from dnsrec_edge.cli import main
-from dnsrec_edge.flow.presets import STAGE_NAMES, preset_settings
-from dnsrec_edge.flow.run import build_stages
-from dnsrec_edge.flow.stages import canonical
-from dnsrec_edge.flow.steps import Plan
+from dnsrec_edge.pipeline.presets import STAGE_NAMES, preset_settings
+from dnsrec_edge.pipeline.run import build_stages
+from dnsrec_edge.pipeline.stages import canonical
+from dnsrec_edge.pipeline.steps import Plan
 
 
 def _plan(budget: str) -> Plan:
@@ -29,7 +29,7 @@ def test_budget_only_enters_the_search_stage():
 
 def test_bench_uses_the_threads_of_the_measured_cost_model():
     from dnsrec_edge.cost.calibrated import load_cost_model
-    from dnsrec_edge.flow.steps import bench_options
+    from dnsrec_edge.pipeline.steps import bench_options
 
     model = load_cost_model("x86_64")  # the shipped, measured model
     assert model.kind == "measured"

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from dnsrec_edge.errors import StageFailed, UnknownName
-from dnsrec_edge.flow.stages import DONE_FILE, Stage, run_stages
+from dnsrec_edge.pipeline.stages import DONE_FILE, Stage, run_stages
 
 
 def _make_stages(calls, settings=None, fail_in=None):
@@ -108,7 +108,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from dnsrec_edge.flow.stages import Stage, run_stages
+    from dnsrec_edge.pipeline.stages import Stage, run_stages
 
     run, log = Path(sys.argv[1]), Path(sys.argv[2])
 

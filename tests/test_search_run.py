@@ -8,10 +8,11 @@ from click.testing import CliRunner
 
 from dnsrec_edge.cli import main
 from dnsrec_edge.cost.analysis import analyze
-from dnsrec_edge.errors import ArchSpecError, BudgetError
+from dnsrec_edge.errors import ArchSpecError, BudgetError, DnsrecError
 from dnsrec_edge.fsio import read_jsonl
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
-from dnsrec_edge.models.supernet import Supernet
+from dnsrec_edge.models.sasrec import SASRec
+from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.search.loop import SearchConfig
 from dnsrec_edge.search.retrain import retrain
 from dnsrec_edge.search.run import search
@@ -20,7 +21,10 @@ from dnsrec_edge.train.checkpoint import load_checkpoint
 from dnsrec_edge.train.trainer import TrainConfig
 
 MAX_LEN = 20
-ACCEPTED = "flops=25% (share of the full supernet), flops=30M, latency=1.5ms or energy=2mJ"
+ACCEPTED = (
+    "latency=25% (share of the baseline), flops=25%supernet (share of the full supernet), "
+    "flops=30M, latency=1.5ms or energy=2mJ"
+)
 
 
 def _space(dataset, **kw):
@@ -66,12 +70,37 @@ def test_search_writes_a_run_folder_within_budget(run, ml100k_small):
         "selected_cost",
     ):
         assert key in records[-1]
-    assert records[0]["temperature"] == 1.0 > records[1]["temperature"] > records[2]["temperature"]
+    assert records[0]["phase"] == "warmup" and records[0]["temperature"] == 1.0
+    temps = [r["temperature"] for r in records]
+    assert temps == sorted(temps, reverse=True)  # annealing never heats up
+    assert "largest_valid_ndcg@10" in records[0]
     assert all(r["selected_cost"] <= result.limit for r in records)
     model, meta = load_checkpoint(out / "supernet.pt", ml100k_small.fingerprint)
     assert isinstance(model, Supernet) and meta["kind"] == "supernet"
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["selected"]["cost"] == flops and run_json["budget"]["text"] == "flops=30%"
+    assert run_json["budget"]["relative_to"] == "baseline"
+    assert run_json["baseline"]["cost"] == analyze(ArchSpec.from_dict(run_json["baseline"]["arch"])).flops
+    front = json.loads((out / "front.json").read_text())
+    assert len(front) >= 2 and all(p["cost"] <= result.limit for p in front)
+    best = max(p["valid"]["ndcg@10"] for p in front)
+    assert run_json["selected"]["valid"]["ndcg@10"] == best  # picked on the front
+
+
+@pytest.mark.slow
+def test_temperature_holds_while_the_cost_is_far_from_the_budget(ml100k_small, tmp_path):
+    # a budget no architecture comes near: the expected cost stays far below it, so the
+    # temperature schedule never takes a step
+    res = search(
+        ml100k_small,
+        "flops=5000%",
+        tmp_path / "r",
+        config=_config(sandwich=False),
+        space=_space(ml100k_small),
+        quiet=True,
+    )
+    records = [r for _, r, _ in read_jsonl(res.out_dir / "search_log.jsonl")]
+    assert [r["temperature"] for r in records] == [1.0, 1.0, 1.0]
 
 
 @pytest.mark.slow
@@ -84,6 +113,21 @@ def test_retrain_from_scratch_and_finetuned(run, ml100k_small):
         saved = json.loads((out / f"retrain-{mode}" / "metrics.json").read_text())
         assert 0.0 <= saved["metrics"]["test"]["full"]["ndcg@10"] <= 1.0
         assert saved["flops"] == analyze(res.arch).flops
+
+
+@pytest.mark.slow
+def test_retrain_distilled_from_a_teacher(run, ml100k_small):
+    _, out = run
+    teacher = SASRec(ArchSpec.uniform(ml100k_small.n_items, MAX_LEN, 32, 1, 1)).eval()
+    with pytest.raises(DnsrecError, match="needs the trained baseline as teacher"):
+        retrain(out, "distill", config=_train_config(), dataset=ml100k_small, quiet=True)
+    res = retrain(
+        out, "distill", config=_train_config(), dataset=ml100k_small, quiet=True, teacher=teacher
+    )
+    saved = json.loads((out / "retrain-distill" / "config.json").read_text())
+    assert saved["mode"] == "distill" and saved["train"]["distill"] == 0.5
+    assert res.model.arch == ArchSpec.load(out / "arch.json")
+    assert 0.0 <= res.metrics["test"]["full"]["ndcg@10"] <= 1.0
 
 
 def test_budget_below_the_cheapest_architecture_names_it(ml100k_small, tmp_path):

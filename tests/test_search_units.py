@@ -8,10 +8,11 @@ import torch
 from dnsrec_edge.cost.model import FlopsModel
 from dnsrec_edge.errors import ArchSpecError, BudgetError
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
-from dnsrec_edge.search.budget import Budget, parse_budget
+from dnsrec_edge.search.budget import Budget, budget_from_dict, parse_budget
 from dnsrec_edge.search.constraint import CostTable, Penalty, depth_factor
 from dnsrec_edge.search.controllers import ArchController, MixWeights, anneal
-from dnsrec_edge.search.loop import SearchConfig, most_probable_in_budget
+from dnsrec_edge.search.front import most_probable_in_budget
+from dnsrec_edge.search.loop import SearchConfig
 from dnsrec_edge.search.space import Choice, SearchSpace
 
 
@@ -24,7 +25,10 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-ACCEPTED = "flops=25% (share of the full supernet), flops=30M, latency=1.5ms or energy=2mJ"
+ACCEPTED = (
+    "latency=25% (share of the baseline), flops=25%supernet (share of the full supernet), "
+    "flops=30M, latency=1.5ms or energy=2mJ"
+)
 SPACE = SearchSpace(n_items=120, max_len=30, max_depth=3, gate_hidden=8)
 SPACE_LIN = SearchSpace(n_items=50, max_len=16, max_depth=2, attention=("softmax", "linear"))
 
@@ -32,21 +36,22 @@ SPACE_LIN = SearchSpace(n_items=50, max_len=16, max_depth=2, attention=("softmax
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("flops=25%", Budget("flops", 0.25, True)),
-        ("FLOPS = 10 %", Budget("flops", 0.10, True)),
-        ("flops=30M", Budget("flops", 30e6, False)),
-        ("flops=2.5e7", Budget("flops", 2.5e7, False)),
-        ("flops=1g", Budget("flops", 1e9, False)),
-        ("latency=1.5ms", Budget("latency", 1.5, False)),
-        ("latency=800us", Budget("latency", 0.8, False)),
-        ("latency=50%", Budget("latency", 0.5, True)),
-        ("energy=2mJ", Budget("energy", 2.0, False)),
-        ("energy=0.5J", Budget("energy", 500.0, False)),
+        ("flops=25%", Budget("flops", 0.25, "baseline")),
+        ("flops=25%supernet", Budget("flops", 0.25, "supernet")),
+        ("FLOPS = 10 %", Budget("flops", 0.10, "baseline")),
+        ("flops=30M", Budget("flops", 30e6)),
+        ("flops=2.5e7", Budget("flops", 2.5e7)),
+        ("flops=1g", Budget("flops", 1e9)),
+        ("latency=1.5ms", Budget("latency", 1.5)),
+        ("latency=800us", Budget("latency", 0.8)),
+        ("latency=50%", Budget("latency", 0.5, "baseline")),
+        ("energy=2mJ", Budget("energy", 2.0)),
+        ("energy=0.5J", Budget("energy", 500.0)),
     ],
 )
 def test_parse_budget_accepted_forms(text, expected):
     got = parse_budget(text)
-    assert got.kind == expected.kind and got.relative == expected.relative
+    assert got.kind == expected.kind and got.relative_to == expected.relative_to
     assert got.value == pytest.approx(expected.value)
 
 
@@ -67,7 +72,15 @@ def test_parse_budget_accepted_forms(text, expected):
             f"us, s, % as in {ACCEPTED}",
         ),
         ("flops=0%", f"budget 'flops=0%' must be positive; use {ACCEPTED}"),
-        ("flops=120%", "budget 'flops=120%' is over 100% of the full supernet; use at most 100%"),
+        (
+            "flops=120%supernet",
+            "budget 'flops=120%supernet' is over 100% of the full supernet; use at most 100%",
+        ),
+        (
+            "flops=20%teacher",
+            "unknown reference 'teacher' in 'flops=20%teacher'; a share is of the baseline "
+            "('flops=25%') or of the full supernet ('flops=25%supernet')",
+        ),
     ],
 )
 def test_parse_budget_errors_name_the_accepted_forms(text, message):
@@ -80,6 +93,16 @@ def test_budget_limit():
     assert parse_budget("flops=25%").limit(reference=400.0) == pytest.approx(100.0)
     assert parse_budget("latency=2ms").limit(reference=400.0) == 2.0
     assert str(parse_budget("flops=25%")) == "flops=25%"
+    assert str(parse_budget("flops=25%supernet")) == "flops=25%supernet"
+
+
+def test_budget_round_trip_and_old_run_files():
+    for text in ("latency=25%", "flops=10%supernet", "energy=2mJ"):
+        budget = parse_budget(text)
+        assert budget_from_dict(budget.to_dict()) == budget
+    # run folders from before relative_to existed: a % budget was a share of the supernet
+    old = {"text": "flops=25%", "kind": "flops", "value": 0.25, "relative": True}
+    assert budget_from_dict(old) == Budget("flops", 0.25, "supernet")
 
 
 def test_space_candidates_and_round_trip():
@@ -228,12 +251,12 @@ def test_most_probable_in_budget_is_exhaustive(tables):
         for p in ctrl.parameters():
             p.normal_()
     limit = 0.3 * table.reference()
-    got = most_probable_in_budget(ctrl, table, limit)
-    brute = max(
-        (c for c in table.choices() if table.of(c) <= limit), key=lambda c: ctrl.log_prob(c)
-    )
-    assert got == brute and table.of(got) <= limit
-    assert most_probable_in_budget(ctrl, table, 0.5 * table.cheapest()[1]) is None
+    got = most_probable_in_budget(ctrl, table, limit, k=5)
+    brute = sorted(
+        (c for c in table.choices() if table.of(c) <= limit), key=lambda c: -ctrl.log_prob(c)
+    )[:5]
+    assert got == brute and all(table.of(c) <= limit for c in got)
+    assert most_probable_in_budget(ctrl, table, 0.5 * table.cheapest()[1]) == []
 
 
 def test_search_config_validation():

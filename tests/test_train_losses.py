@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from dnsrec_edge.data.batching import train_batches
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.models.sasrec import SASRec
-from dnsrec_edge.train.losses import linear_cross_entropy, sequence_loss
+from dnsrec_edge.train.losses import distilled_loss, linear_cross_entropy, sequence_loss
 
 
 @pytest.fixture
@@ -108,3 +108,29 @@ def test_fused_cross_entropy_under_bf16_autocast_stays_close_to_float32():
     assert not torch.equal(h.grad, grads[0])  # the matmuls really ran in bfloat16
     for got, want in zip((h.grad, w.grad), grads, strict=True):
         assert (got - want).norm() < 2e-2 * want.norm()
+
+
+def test_distilled_loss_mixes_cross_entropy_and_the_teachers_soft_scores(model_and_batch):
+    model, item_seq, targets = model_and_batch
+    torch.manual_seed(1)
+    teacher = SASRec(model.arch, dropout=0.0).eval()
+    model.eval()
+    keep = targets != 0
+    logits = model.score(model(item_seq)[keep])
+    t_logits = teacher.score(teacher(item_seq)[keep])
+    ce = F.cross_entropy(logits, targets[keep] - 1)
+    temp = 2.0
+    kl = F.kl_div(
+        F.log_softmax(logits / temp, -1),
+        F.log_softmax(t_logits / temp, -1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    got = distilled_loss(model, teacher, item_seq, targets, 0.3, temp)
+    assert float(got) == pytest.approx(float(0.7 * ce + 0.3 * temp**2 * kl), rel=1e-5)
+    assert float(distilled_loss(model, teacher, item_seq, targets, 0.0, temp)) == pytest.approx(
+        float(ce), rel=1e-6
+    )
+    # a student that is its own teacher has nothing left to learn from it
+    alone = distilled_loss(model, model, item_seq, targets, 1.0, temp)
+    assert abs(float(alone)) < 1e-5

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from dnsrec_edge import paths
-from dnsrec_edge.bench.device_info import EMULATED_ENV
+from dnsrec_edge.board.device_info import EMULATED_ENV
 from dnsrec_edge.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,17 @@ WHEELS = (
 PIP_PLATFORM = "manylinux_2_28_aarch64"
 PYTHON = "usr/bin/python3.11"
 QEMU = "qemu-aarch64"
-# The board-side modules: the package root, typed errors and the agent; nothing else.
+# The board-side modules: the package root, typed errors, the host's architecture and the
+# agent; nothing else.
 BOARD_FILES = (
     "__init__.py",
     "errors.py",
+    "hostinfo.py",
     "bench/__init__.py",
     "bench/cuda_runtime.py",
-    "bench/probe.py",
-    "bench/device_info.py",
+    "board/__init__.py",
+    "board/probe.py",
+    "board/device_info.py",
     "bench/server.py",
 )
 ARCHES = {"arm64": "arm64", "aarch64": "arm64"}

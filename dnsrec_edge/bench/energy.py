@@ -4,7 +4,10 @@ Sources: ``rapl`` (Linux powercap, package and core domains, counter wrap-around
 ``hwmon`` (energy counters in µJ, or power in µW sampled on a thread and integrated),
 ``ina3221`` (Jetson rails: mV x mA or mW, sampled and integrated), ``command`` (an external
 meter that prints ``<number> J`` totals or ``<number> W`` samples) and ``model`` (the
-target's power prior x latency, never a measurement). Sensors are read through a probe:
+target's power prior x latency, never a measurement). The measured labels are
+:data:`~dnsrec_edge.cost.records.MEASURED_SOURCES` (kept with the record schema, below both
+bench and the cost fit, so the two cannot disagree); each meter's ``source`` is one of them.
+Sensors are read through a probe:
 :class:`LocalProbe` in this process, :class:`RemoteProbe` on a board over RPC.
 
 Example::
@@ -27,12 +30,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from dnsrec_edge.bench import probe
+from dnsrec_edge.board import probe
+from dnsrec_edge.cost.records import MEASURED_SOURCES
 from dnsrec_edge.errors import DeviceError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "rapl", "hwmon", "ina3221", "command", "model")
+SOURCES = ("auto", *MEASURED_SOURCES, "model")  # what --energy accepts
 SAMPLE_INTERVAL_S = 0.02
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")  # Jetson rails that measure the whole board's input
 _NUMBER_UNIT = re.compile(

@@ -2,9 +2,11 @@
 
 Report schema 1 (``BenchReport.to_dict()``)::
 
-    {"schema": 1, "complete": bool, "error": str | null, "time": ISO, "tool_version",
+    {"schema": 1, "complete": bool, "error": str | null,
+     "record_error": str | null, "time": ISO, "tool_version",
      "host_tvm_version", "artifact": path, "artifact_sha256": sha256 of lib.so,
-     "target", "arch" (the artifact's uname -m), "archspec": dict | null, "batch", "seq_len",
+     "target", "arch" (uname -m of the library's ELF machine), "archspec": dict | null,
+     "batch", "seq_len",
      "tuned", "library_bytes", "mode": "local" | "rpc" | "tracker", "address", "key",
      "settings": {"threads", "warmup", "repeat", "number", "energy", "idle_baseline_s"},
      "emulated": bool,                      # any board emulated: its timings mean nothing
@@ -36,7 +38,6 @@ from dnsrec_edge import __version__
 from dnsrec_edge.fsio import atomic_write_json
 
 REPORT_SCHEMA = 1
-MEASURED_SOURCES = ("rapl", "hwmon", "ina3221", "command")
 
 
 def latency_stats(samples_ms: list[float]) -> dict[str, float] | None:
@@ -134,6 +135,7 @@ class BenchReport:
     boards: list[BoardResult] = field(default_factory=list)
     complete: bool = False
     error: str | None = None
+    record_error: str | None = None  # why a finished measurement could not be recorded
     time: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     )
@@ -165,6 +167,7 @@ class BenchReport:
             "schema": REPORT_SCHEMA,
             "complete": self.complete,
             "error": self.error,
+            "record_error": self.record_error,
             "time": self.time,
             "tool_version": self.tool_version,
             "host_tvm_version": self.host_tvm_version,

@@ -3,10 +3,14 @@
 Order of work, per board: verify the artifact's sha256s (before anything runs), read the
 board's facts, refuse a board of another architecture (before upload), upload and load the
 library, run the reference input and compare with the stored ONNX Runtime output (max abs
-diff <= 1e-4 and the same top-10; a mismatch fails and records nothing), then warm up,
+diff <= 1e-4 and the same top-10 up to ties, by :mod:`dnsrec_edge.compare`; a mismatch fails
+and records nothing), then warm up,
 time ``repeat`` samples of ``number`` calls each (in chunks, so a dropped connection is
 retried once and finished chunks are kept), meter energy over a separate window, and read
-the serving process's peak memory. Successful non-emulated boards become calibration records.
+the serving process's peak memory. Successful non-emulated boards become calibration records,
+filed under the target whose architecture the library's ELF header shows (a manifest that
+disagrees with its library is refused); a store that cannot be written keeps the report and
+says so in ``report.record_error``.
 
 Example::
 
@@ -23,23 +27,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dnsrec_edge import __version__
 from dnsrec_edge.bench import energy as energy_mod
-from dnsrec_edge.bench import probe as probe_mod
-from dnsrec_edge.bench import rpc as rpc_mod
 from dnsrec_edge.bench.cuda_runtime import load_cuda_runtime
-from dnsrec_edge.bench.report import MEASURED_SOURCES, BenchReport, BoardResult
-from dnsrec_edge.compile.artifact import load_artifact
+from dnsrec_edge.bench.report import BenchReport, BoardResult
+from dnsrec_edge.board import probe as probe_mod
+from dnsrec_edge.board import rpc as rpc_mod
+from dnsrec_edge.compare import TOLERANCE, TOPK, compare_scores
+from dnsrec_edge.compile.artifact import library_arch, load_artifact
 from dnsrec_edge.compile.targets import load_target
-from dnsrec_edge.errors import DeviceError, DeviceUnreachable, DnsrecError, OutputMismatch
+from dnsrec_edge.errors import (
+    CalibrationError,
+    DeviceError,
+    DeviceUnreachable,
+    DnsrecError,
+    OutputMismatch,
+    OutputNotWritable,
+)
 from dnsrec_edge.fsio import ensure_new
 
 log = logging.getLogger(__name__)
 
-TOLERANCE = 1e-4
-TOPK = 10
 CHUNK_REPEATS = 10  # repeats timed per RPC call; a dropped connection loses at most one chunk
 
 
@@ -52,13 +60,6 @@ def _target_priors(name: str) -> tuple[tuple[float, float] | None, int | None]:
         return None, None
     power = (float(target.idle_watts), float(target.active_watts)) if target.active_watts else None
     return power, target.threads or None
-
-
-def _topk_match(out: np.ndarray, ref: np.ndarray) -> bool:
-    k = min(TOPK, ref.shape[-1])
-    a = np.argsort(-out.reshape(-1, out.shape[-1]), axis=-1, kind="stable")[:, :k]
-    b = np.argsort(-ref.reshape(-1, ref.shape[-1]), axis=-1, kind="stable")[:, :k]
-    return all(set(x) == set(y) for x, y in zip(a, b, strict=True))
 
 
 class _BoardRun:
@@ -93,7 +94,7 @@ class _BoardRun:
                 self.result.label = f"{facts['hostname']}:{facts['rpc_port']}"
         self.result.device = facts
         rpc_mod.check_arch(
-            manifest.get("arch"), facts, where, str(self.art.path), manifest.get("target", "?")
+            self.opts["library_arch"], facts, where, str(self.art.path), manifest["target"]
         )
         threads = self.opts["threads"]
         if not threads and self.opts["target_threads"]:  # the target's count, if the board has it
@@ -110,8 +111,7 @@ class _BoardRun:
         module = rpc_mod.load_library(session, str(lib), name, where)
         self.dev = session.cuda(0) if manifest.get("device") == "cuda" else session.cpu()
         self.vm = VirtualMachine(module, self.dev)
-        x = np.load(Path(self.art.path) / "reference_input.npy")
-        ref = np.load(Path(self.art.path) / "reference_output.npy")
+        x, ref = self.art.reference()
         self.x = tvm.runtime.tensor(x, self.dev)
         out = self.vm[manifest.get("entry", "main")](self.x)
         out = (out[0] if not hasattr(out, "numpy") else out).numpy()
@@ -120,14 +120,14 @@ class _BoardRun:
                 f"{where} returned scores of shape {out.shape}, the reference has {ref.shape}; "
                 "the artifact does not match its reference files: recompile it"
             )
-        diff = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64))))
-        top = _topk_match(out, ref)
-        self.result.max_abs_diff, self.result.top10_match = diff, top
-        if not (diff <= TOLERANCE and top):
+        check = compare_scores(out, ref, atol=TOLERANCE, k=TOPK, reference="ONNX Runtime")
+        self.result.max_abs_diff, self.result.top10_match = check.max_abs_diff, check.topk_match
+        if not check.ok:
             raise OutputMismatch(
-                f"outputs on {where} differ from ONNX Runtime (max abs diff {diff:.2e}, limit "
-                f"{TOLERANCE:g}; top-{TOPK} {'same' if top else 'different'}); nothing was "
-                "timed or recorded: recompile the artifact, or check the board's TVM version"
+                f"outputs on {where} differ from ONNX Runtime (max abs diff "
+                f"{check.max_abs_diff:.2e}, limit {TOLERANCE:g}; top-{check.k} "
+                f"{'same' if check.topk_match else 'different'}: {check.summary(3)}); nothing "
+                "was timed or recorded: recompile the artifact, or check the board's TVM version"
             )
         self.meter, self.meter_note = self._meter(session, facts)
 
@@ -266,10 +266,10 @@ def _links(rpc: str | None, tracker: str | None, key: str | None, devices: int) 
 
 
 def _record(report: BenchReport, board: BoardResult, art: Any, calibration_dir: Any) -> Path:
-    from dnsrec_edge.cost.records import append_measurement
+    from dnsrec_edge.cost.records import append_measurement, is_measured_energy
 
     energy = board.energy or {}
-    measured = energy.get("source") in MEASURED_SOURCES and energy.get("joules_per_inference")
+    measured = is_measured_energy(energy)
     record = {
         "schema": 1,
         "target": report.target,
@@ -314,6 +314,7 @@ def benchmark(
     energy_seconds: float = 1.0,
     sysfs_root: str = "/",
     on_run: Callable[[int], None] | None = None,
+    session_steps: int | None = None,
 ) -> BenchReport:
     """Benchmark a compiled artifact locally (no ``rpc``/``tracker``), on one RPC board, or
     on ``devices`` boards of a tracker ``key``; return the report (saved to ``out`` if set).
@@ -324,6 +325,9 @@ def benchmark(
     power first and subtracts it; ``sysfs_root`` is where the board's ``/sys`` is mounted
     (a container's view of the host, or a constructed tree in tests). ``on_run(i)`` is called after each timed chunk. A failure
     raises the typed error with ``err.report``, the partial report (also saved to ``out``).
+    A streaming artifact (``export --streaming``) is checked and timed by
+    :func:`dnsrec_edge.bench.streaming.benchmark_streaming`: one step, and a session of
+    ``session_steps`` pushes (default ``max_len``); it returns a ``StreamingBenchReport``.
     """
     if importlib.util.find_spec("tvm") is None:
         raise DeviceError(
@@ -334,8 +338,17 @@ def benchmark(
         raise DeviceError("--repeat and --number must be >= 1 and --warmup >= 0")
     if out is not None:
         ensure_new(out, force)
-    art = load_artifact(artifact, verify=True)
+    art = load_artifact(artifact, verify=True)  # also: the manifest's arch is the library's
     manifest = art.manifest
+    if manifest.get("streaming"):  # a step graph: one step and a replayed session
+        from dnsrec_edge.bench.streaming import benchmark_streaming
+
+        if devices != 1:
+            raise DeviceError("a streaming artifact is benched on one board: drop --devices")
+        return benchmark_streaming(  # type: ignore[return-value]
+            art, rpc=rpc, tracker=tracker, key=key, threads=threads, warmup=warmup,
+            repeat=repeat, number=number, steps=session_steps, out=out, force=force,
+        )  # fmt: skip
     shape = manifest["inputs"][0]["shape"]
     power, target_threads = _target_priors(manifest["target"])
     opts = {
@@ -349,6 +362,7 @@ def benchmark(
         "idle_baseline_s": idle_baseline_s,
         "energy_seconds": energy_seconds,
         "sysfs_root": sysfs_root,
+        "library_arch": library_arch(Path(art.path)),
     }
     mode, address, links = _links(rpc, tracker, key, devices)
     import tvm
@@ -356,19 +370,19 @@ def benchmark(
     tuning = manifest.get("tuning") or {}
     report = BenchReport(
         artifact=str(art.path),
-        artifact_sha256=manifest["files"]["lib.so"],
+        artifact_sha256=art.sha256,
         target=manifest["target"],
-        arch=rpc_mod.normalize_arch(manifest.get("arch")),
+        arch=opts["library_arch"],
         batch=int(shape[0]),
         seq_len=int(shape[1]),
         archspec=manifest.get("archspec"),
         tuned=bool(tuning.get("trials") or tuning.get("scheduled_funcs")),
-        library_bytes=(Path(art.path) / "lib.so").stat().st_size,
+        library_bytes=art.library.stat().st_size,
         mode=mode,
         address=address,
         key=key if mode == "tracker" else None,
         host_tvm_version=tvm.__version__,
-        settings={k: v for k, v in opts.items() if k != "power"},
+        settings={k: v for k, v in opts.items() if k not in ("power", "library_arch")},
     )
     for link in links:
         board = BoardResult(label=link.label)
@@ -382,13 +396,18 @@ def benchmark(
                 report.save(out)
             raise
     report.complete = True
-    if out is not None:
-        report.save(out)
     if record:
         for board in report.boards:
             if board.device.get("emulated"):
                 log.info("board %s is emulated: not recorded as a measurement", board.label)
                 continue
-            path = _record(report, board, art, calibration_dir)
+            try:
+                path = _record(report, board, art, calibration_dir)
+            except (OutputNotWritable, CalibrationError) as err:
+                report.record_error = str(err)
+                log.warning("the measurement on %s was not recorded: %s", board.label, err)
+                continue
             log.info("recorded the measurement on %s in %s", board.label, path)
+    if out is not None:
+        report.save(out)
     return report

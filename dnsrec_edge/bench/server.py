@@ -8,20 +8,26 @@ no compiler)::
     python -m dnsrec_edge.bench.server --host 0.0.0.0 --port 9090   # or: dnsrec-edge device serve
 
 It binds to loopback unless told otherwise (the RPC server runs any code it is sent), serves
-until SIGINT or SIGTERM, then stops its worker processes. The agent (``device_info.register``)
+until SIGINT or SIGTERM, then stops its worker processes. TVM's listening worker never
+outlives the process that started it, even one killed with SIGKILL (``PR_SET_PDEATHSIG`` on
+Linux, and a thread watching its parent everywhere). The agent (``device_info.register``)
 lets the host read the board's facts and energy sensors.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import errno
 import functools
 import importlib.util
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +46,8 @@ RUNTIME_MODULES = {
     "cloudpickle": "cloudpickle",
 }
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_S = 0.5
 
 
 def check_runtime() -> None:
@@ -54,11 +62,68 @@ def check_runtime() -> None:
 
 def _init_agent(port: int) -> None:
     # Runs inside TVM's server process (sent there by cloudpickle, by reference).
-    from dnsrec_edge.bench import device_info
     from dnsrec_edge.bench.cuda_runtime import load_cuda_runtime
+    from dnsrec_edge.board import device_info
 
+    die_with_parent()
     device_info.register(rpc_port=port)
     load_cuda_runtime()  # a GPU board serves CUDA artifacts; CPU-only boards skip this
+
+
+def die_with_parent(poll_s: float = PARENT_POLL_S) -> None:
+    """End this process when its parent dies, however it dies.
+
+    TVM's listening worker otherwise keeps serving after ``device serve`` is killed with
+    SIGKILL (its non-daemon listen thread holds it up). On Linux the kernel sends SIGTERM on
+    the parent's death (``PR_SET_PDEATHSIG``); a daemon thread polling the parent's pid is
+    the fallback where prctl is missing (other systems, some emulators).
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        except (OSError, AttributeError) as err:
+            log.debug("prctl(PR_SET_PDEATHSIG) is not available (%s); polling the parent", err)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="dnsrec-edge-parent-watch", daemon=True).start()
+
+
+def _check_address(host: str, port: int) -> None:
+    """DeviceError naming the option to fix when ``host`` does not resolve to an address of
+    this machine or ``port`` is taken (before TVM tries, whose errors carry tracebacks)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise DeviceError(
+            f"cannot serve on {host}:{port}: '{host}' is not an address ({err.strerror}); pass "
+            "an address of this machine with --host, e.g. 127.0.0.1 or 0.0.0.0"
+        ) from err
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TVM binds
+        try:
+            probe.bind(addr)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise DeviceError(
+                    f"cannot serve on {host}:{port}: the port is in use; pick a free port with "
+                    "--port"
+                ) from err
+            raise DeviceError(
+                f"cannot serve on {host}:{port} ({err.strerror or err}); pass an address of "
+                "this machine with --host (e.g. 127.0.0.1) and a port you may bind with --port"
+            ) from err
+
+
+def _last_line(err: BaseException) -> str:
+    """The last non-empty line of an error's text (TVM wraps a worker's whole traceback)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and line.strip() != ")"]
+    return lines[-1] if lines else type(err).__name__
 
 
 def reach_hint(host: str, port: int, tracker: str | None, key: str) -> str:
@@ -113,6 +178,7 @@ def serve(
                 f"cannot reach the RPC tracker at {tracker} ({err.strerror or err}); start it "
                 "first or fix --tracker"
             ) from err
+    _check_address(host, port)
     try:
         server = rpc.Server(
             host,
@@ -125,7 +191,7 @@ def serve(
         )
     except (ValueError, OSError) as err:
         raise DeviceError(
-            f"cannot serve on {host}:{port} ({err}); pick a free port with --port"
+            f"cannot serve on {host}:{port} ({_last_line(err)}); pick a free port with --port"
         ) from err
     return Served(server, host, server.port)
 

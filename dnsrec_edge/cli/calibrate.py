@@ -6,22 +6,15 @@ from pathlib import Path
 
 import click
 
+from dnsrec_edge.cli.options import board_options, calibration_dir_option, threads_option
+
 
 @click.command("calibrate")
 @click.option("--target", "-t", required=True, help="Target name or alias (e.g. x86_64, arm64).")
-@click.option(
-    "--local",
-    is_flag=True,
-    help="Measure on this machine (the target must be this machine's kind).",
+@board_options(
+    local="Measure on this machine (the target must be this machine's kind).",
+    prefix="Measure on",
 )
-@click.option("--rpc", metavar="HOST:PORT", help="Measure on the board behind this TVM RPC server.")
-@click.option(
-    "--rpc-tracker",
-    "tracker",
-    metavar="HOST:PORT",
-    help="Measure on a board leased from this TVM RPC tracker.",
-)
-@click.option("--rpc-key", "key", metavar="KEY", help="Board key to ask the tracker for.")
 @click.option(
     "--samples",
     "-n",
@@ -42,11 +35,7 @@ import click
     is_flag=True,
     help="Measure and fit nothing: print the target's current cost model and its held-out error.",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    help="TVM threads while measuring (default: the target's, capped at the board's cores).",
-)
+@threads_option("tvm")
 @click.option(
     "--statistic",
     type=click.Choice(["min", "median"]),
@@ -60,12 +49,7 @@ import click
     is_flag=True,
     help="Measure nothing: refit the model from the records already stored.",
 )
-@click.option(
-    "--calibration-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Store to read records from and write the model to, instead of $DNSREC_EDGE_HOME/calibration "
-    "(the shipped calibration/ still underlies it).",
-)
+@calibration_dir_option("to read records from and write the model to")
 @click.option(
     "--seed",
     default=0,
@@ -95,7 +79,7 @@ def calibrate_cmd(
     prior's and the best FLOPs-only fit's, and writes model.json and a predicted-vs-measured
     plot into the store.
     """
-    from dnsrec_edge.calibrate import calibrate
+    from dnsrec_edge.bench.calibrate import calibrate
 
     if show:
         from dnsrec_edge.cost.calibrated import load_cost_model

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import click
 
+from dnsrec_edge.cli.options import board_options, targets_dir_option
+
 
 @click.command("compile")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "-t",
     "--target",
-    default="arm64",
-    show_default=True,
-    help="Target name or alias (see `dnsrec-edge targets list`).",
+    default=None,
+    help="Target name or alias (see `dnsrec-edge targets list`) [default: this host's "
+    "architecture, e.g. x86_64].",
 )
 @click.option(
     "-o",
@@ -56,27 +58,13 @@ import click
     default=None,
     help="Tuning database folder [default: one per target and model shapes under $DNSREC_EDGE_HOME/tuning].",
 )
+@board_options(prefix="With --tune, time the candidates on")
+@targets_dir_option
 @click.option(
-    "--rpc",
-    metavar="HOST:PORT",
-    default=None,
-    help="With --tune: time the candidates on the board behind this TVM RPC server.",
+    "--force",
+    is_flag=True,
+    help="Replace an earlier artifact's files in the output folder (nothing else there).",
 )
-@click.option(
-    "--rpc-tracker",
-    "tracker",
-    metavar="HOST:PORT",
-    default=None,
-    help="With --tune: time the candidates on a board leased from this RPC tracker.",
-)
-@click.option("--rpc-key", "key", default=None, help="Board key to ask the tracker for.")
-@click.option(
-    "--targets-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Extra folder of target TOML files [default: $DNSREC_EDGE_TARGETS_DIR].",
-)
-@click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
 @click.pass_context
 def compile_cmd(
     ctx,
@@ -132,12 +120,7 @@ def targets_group():
 
 
 @targets_group.command("list")
-@click.option(
-    "--targets-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Extra folder of target TOML files.",
-)
+@targets_dir_option
 def targets_list(targets_dir):
     """One line per target: name, aliases, arch, device, description."""
     from dnsrec_edge.compile.targets import list_targets
@@ -152,12 +135,7 @@ def targets_list(targets_dir):
 
 @targets_group.command("show")
 @click.argument("name")
-@click.option(
-    "--targets-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Extra folder of target TOML files.",
-)
+@targets_dir_option
 def targets_show(name, targets_dir):
     """Every field of one target as JSON (TVM dicts, compiler, priors and their sources)."""
     from dnsrec_edge.compile.targets import load_target

@@ -6,45 +6,7 @@ import json
 
 import click
 
-from dnsrec_edge.data.formats import FORMATS
-
-
-def dataset_options(func):
-    """Options shared by commands that read a dataset: --min-count, --format, column names."""
-    options = [
-        click.option(
-            "--min-count",
-            type=click.IntRange(min=0),
-            default=5,
-            show_default=True,
-            help="k-core: drop users and items with fewer interactions (0 keeps all).",
-        ),
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(FORMATS),
-            default=None,
-            help="Reader for a file (default: from its suffix).",
-        ),
-        click.option(
-            "--user-col", default=None, help="User id column of a CSV/TSV/Parquet/.inter file."
-        ),
-        click.option(
-            "--item-col", default=None, help="Item id column of a CSV/TSV/Parquet/.inter file."
-        ),
-        click.option("--time-col", default=None, help="Timestamp column (numeric) of a file."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def columns_from(
-    user_col: str | None, item_col: str | None, time_col: str | None
-) -> dict[str, str]:
-    """The ``columns`` mapping for ``load_dataset`` from the column options."""
-    given = {"user": user_col, "item": item_col, "time": time_col}
-    return {role: name for role, name in given.items() if name}
+from dnsrec_edge.cli.options import columns_from, dataset_options
 
 
 @click.group("data")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from dnsrec_edge.flow.presets import PRESETS, STAGE_NAMES
+from dnsrec_edge.cli.options import board_options, calibration_dir_option, threads_option
+from dnsrec_edge.pipeline.presets import PRESETS, STAGE_NAMES
 
 
 @click.command("pipeline")
@@ -24,13 +27,11 @@ from dnsrec_edge.flow.presets import PRESETS, STAGE_NAMES
 @click.option(
     "--budget",
     metavar="KIND=VALUE",
-    help="Search budget: flops=25%, latency=2ms or energy=2mJ (default flops=25%).",
+    help="Search budget: latency=40% (a share of the trained baseline's latency on the "
+    "target, the default), flops=25% (of the baseline's FLOPs), flops=25%supernet, "
+    "latency=2ms or energy=2mJ.",
 )
-@click.option("--rpc", metavar="HOST:PORT", help="Bench on the board whose RPC server is here.")
-@click.option(
-    "--rpc-tracker", metavar="HOST:PORT", help="Bench on a board taken from this RPC tracker."
-)
-@click.option("--rpc-key", metavar="KEY", help="Board key at the tracker (default: the target's).")
+@board_options(prefix="Bench on", key_default="the target's")
 @click.option(
     "--emulate",
     is_flag=True,
@@ -64,18 +65,22 @@ from dnsrec_edge.flow.presets import PRESETS, STAGE_NAMES
     "embedded default), smoke (a tiny end-to-end check).",
 )
 @click.option("--quick", is_flag=True, help="Same as --preset smoke: tiny settings, minutes.")
-@click.option(
-    "--calibration-dir",
-    type=click.Path(file_okay=False),
-    help="Cost-model store to read and to append measurements to (default the user store).",
-)
+@calibration_dir_option("to read the cost model from and append measurements to")
 @click.option(
     "--refit",
     is_flag=True,
     help="After benching, refit the target's cost model from its measurement records (a "
     "later latency- or energy-budget search then redoes the search with it).",
 )
-@click.option("--threads", type=int, help="Torch threads for training (default all cores).")
+@threads_option("torch")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the baseline, the search and the subnet's training (runs with other seeds "
+    "measure the spread).",
+)
 @click.pass_context
 def pipeline_cmd(
     ctx: click.Context,
@@ -83,17 +88,18 @@ def pipeline_cmd(
     target: str | None,
     budget: str | None,
     rpc: str | None,
-    rpc_tracker: str | None,
-    rpc_key: str | None,
+    tracker: str | None,
+    key: str | None,
     emulate: bool,
     artifact_targets: tuple[str, ...],
     out: str | None,
     from_stage: str | None,
     preset: str | None,
     quick: bool,
-    calibration_dir: str | None,
+    calibration_dir: Path | None,
     refit: bool,
     threads: int | None,
+    seed: int,
 ) -> None:
     """Data, baseline, search, prune, fine-tune, export, compile, bench, calibrate, report.
 
@@ -101,11 +107,12 @@ def pipeline_cmd(
     skips what is finished and redoes only what changed. The report is OUT/report.html
     (self-contained) and OUT/report.md.
     """
-    if sum(bool(x) for x in (rpc, rpc_tracker, emulate)) > 1:
+    if sum(bool(x) for x in (rpc, tracker, emulate)) > 1:
         raise click.UsageError("choose at most one of --rpc, --rpc-tracker and --emulate")
     if quick and preset not in (None, "smoke"):
         raise click.UsageError("--quick means --preset smoke; drop one of them")
-    from dnsrec_edge.flow.run import pipeline, render_table
+    from dnsrec_edge.pipeline.run import pipeline
+    from dnsrec_edge.pipeline.summaries import render_table
 
     embedded = dataset is None
     result = pipeline(
@@ -113,8 +120,8 @@ def pipeline_cmd(
         target=target or "x86_64",
         budget=budget,
         rpc=rpc,
-        tracker=rpc_tracker,
-        key=rpc_key,
+        tracker=tracker,
+        key=key,
         emulate=emulate,
         artifact_targets=artifact_targets or (("arm64",) if embedded else ()),
         out=out or ("runs/default" if embedded else None),
@@ -123,6 +130,7 @@ def pipeline_cmd(
         calibration_dir=calibration_dir,
         threads=threads,
         refit=refit,
+        seed=seed,
         quiet=ctx.obj.get("quiet", False),
     )
     click.echo(render_table(result))

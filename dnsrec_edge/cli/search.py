@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from dnsrec_edge.cli.options import calibration_dir_option, threads_option
+
 
 @click.command("search")
 @click.option(
@@ -77,12 +79,8 @@ import click
     "--batch-size", default=128, show_default=True, type=click.IntRange(min=1), help="Batch size."
 )
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: every core).")
-@click.option(
-    "--calibration-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Cost-model store for latency/energy budgets (default: the user store).",
-)
+@threads_option("torch")
+@calibration_dir_option("whose cost model prices latency/energy budgets")
 @click.option(
     "--out",
     "-o",
@@ -118,7 +116,6 @@ def search_cmd(
 ) -> None:
     """Search the SASRec architecture that fits a budget (DNS-Rec) and write its run folder."""
     from dnsrec_edge.data.load import load_dataset
-    from dnsrec_edge.errors import DnsrecError
     from dnsrec_edge.search.budget import parse_budget
     from dnsrec_edge.search.loop import SearchConfig
     from dnsrec_edge.search.run import search
@@ -126,11 +123,7 @@ def search_cmd(
 
     quiet = ctx.obj.get("quiet", False)
     parsed = parse_budget(budget)  # fail on a bad budget before loading any data
-    warmup = epochs * 3 // 10 if warmup is None else warmup
-    if warmup >= epochs:
-        raise DnsrecError(
-            f"--warmup {warmup} leaves no search epoch of --epochs {epochs}; lower it"
-        )
+    warmup = epochs * 3 // 10 if warmup is None else warmup  # SearchConfig checks it
     config = SearchConfig(
         epochs=epochs,
         max_len=max_len,
@@ -197,22 +190,30 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--mode",
-    type=click.Choice(["scratch", "finetune"]),
+    type=click.Choice(["scratch", "finetune", "distill"]),
     default="scratch",
     show_default=True,
-    help="scratch: a fresh SASRec (the paper); finetune: start from the supernet's weights.",
+    help="scratch: a fresh SASRec (the paper); finetune: start from the supernet's weights; "
+    "distill: start from them and learn from --teacher's scores too.",
+)
+@click.option(
+    "--teacher",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The trained baseline's model.pt: the teacher of --mode distill, whose training "
+    "settings (epochs, schedule, early stopping) the subnet then gets too.",
 )
 @click.option(
     "--epochs", type=click.IntRange(min=1), help="Maximum epochs (default: the trainer's)."
 )
 @click.option("--patience", type=click.IntRange(min=1), help="Early-stopping patience in epochs.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: every core).")
+@threads_option("torch")
 @click.option("--force", is_flag=True, help="Replace an earlier retrain of the same mode.")
 @click.pass_context
 def retrain_cmd(
     ctx: click.Context,
     run_dir: Path,
     mode: str,
+    teacher: Path | None,
     epochs: int | None,
     patience: int | None,
     threads: int | None,
@@ -221,16 +222,23 @@ def retrain_cmd(
     """Retrain the architecture a search selected (RUN_DIR/arch.json) and evaluate it."""
     from dataclasses import replace
 
-    from dnsrec_edge.search.retrain import default_train_config, read_run, retrain
+    from dnsrec_edge.search.retrain import retrain, retrain_config
 
     quiet = ctx.obj.get("quiet", False)
-    config = default_train_config(read_run(run_dir))
+    config = retrain_config(run_dir, teacher)
     overrides = {
         k: v
         for k, v in (("epochs", epochs), ("patience", patience), ("threads", threads))
         if v is not None
     }
-    result = retrain(run_dir, mode, config=replace(config, **overrides), force=force, quiet=quiet)
+    result = retrain(
+        run_dir,
+        mode,
+        config=replace(config, **overrides),
+        force=force,
+        quiet=quiet,
+        teacher=teacher,
+    )
     test = result.metrics["test"]
     click.echo(
         f"{mode}: test full HR@10 {test['full']['hr@10']:.4f} NDCG@10 {test['full']['ndcg@10']:.4f}; "

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import click
 
-from dnsrec_edge.cli.data import columns_from, dataset_options
-from dnsrec_edge.train.config import LOSSES, NORMS, PRECISIONS, SAMPLERS, SCHEDULES, TrainConfig
+from dnsrec_edge.cli.options import columns_from, dataset_options, threads_option
+from dnsrec_edge.train.config import (
+    LOSSES,
+    NORMS,
+    POSITION_LAYOUTS,
+    PRECISIONS,
+    SAMPLERS,
+    SCHEDULES,
+    TrainConfig,
+)
 
 DEFAULTS = TrainConfig()
 PART_CHOICES = ("valid", "test")
@@ -158,6 +166,14 @@ def print_metrics(metrics: dict, title: str) -> None:
     "queries are normalised).",
 )
 @click.option(
+    "--positions",
+    type=click.Choice(POSITION_LAYOUTS),
+    default=DEFAULTS.positions,
+    show_default=True,
+    help="Position layout: left_padded (the newest item at max_len - 1) or start_anchored "
+    "(the oldest at 0: positions never move, so the model can stream; see export --streaming).",
+)
+@click.option(
     "--dropout",
     type=click.FloatRange(0, 1, max_open=True),
     default=DEFAULTS.dropout,
@@ -185,12 +201,7 @@ def print_metrics(metrics: dict, title: str) -> None:
     help="Stop after the epoch that passes this wall time.",
 )
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Random seed.")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Torch threads (default: all cores).",
-)
+@threads_option("torch")
 @click.option(
     "--device",
     default=DEFAULTS.device,
@@ -277,12 +288,7 @@ def train_cmd(
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the sampled negatives."
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Torch threads (default: all cores).",
-)
+@threads_option("torch")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.pass_context
 def evaluate_cmd(
@@ -303,49 +309,25 @@ def evaluate_cmd(
     """Evaluate CHECKPOINT (a model.pt or a run folder) under full, uni100 and pop100."""
     import json
 
-    from dnsrec_edge.data.load import load_dataset
-    from dnsrec_edge.evaluate import evaluate
-    from dnsrec_edge.train.checkpoint import load_checkpoint, read_checkpoint
-    from dnsrec_edge.train.trainer import set_threads, validation_holdout, validation_users
+    from dnsrec_edge.train.evaluation import evaluate_checkpoint
 
-    quiet = ctx.obj.get("quiet", False)
-    set_threads(threads)
-    path = checkpoint / "model.pt" if checkpoint.is_dir() else checkpoint
-    extra = read_checkpoint(path).get("extra", {})
-    columns = columns_from(user_col, item_col, time_col)
-    name = dataset_name
-    if name is None:  # the checkpoint's own dataset, read and preprocessed as it was
-        source = extra.get("dataset_source", {})
-        name = source.get("path") or extra.get("dataset_name")
-        fmt, columns = source.get("format", fmt), source.get("columns", columns)
-        min_count = extra.get("min_count", min_count)
-    if name is None:
-        raise click.UsageError("the checkpoint does not name its dataset; pass --dataset")
-    dataset = load_dataset(name, min_count=min_count, fmt=fmt, columns=columns, quiet=quiet)
-    model, _ = load_checkpoint(
-        path, dataset_fingerprint=dataset.fingerprint, dataset_name=dataset.name
+    result = evaluate_checkpoint(
+        checkpoint,
+        dataset_name,
+        min_count=min_count,
+        fmt=fmt,
+        columns=columns_from(user_col, item_col, time_col),
+        parts=part or PART_CHOICES,
+        exclude_seen=not include_seen,
+        seed=seed,
+        threads=threads,
+        quiet=ctx.obj.get("quiet", False),
     )
-    max_len = model.arch.max_len if hasattr(model, "arch") else extra.get("max_len", 200)
-    # valid: only the users whose validation item the model was not trained on
-    trained_with = TrainConfig.from_dict(extra.get("train_config", {}))
-    valid_set = validation_users(dataset, validation_holdout(dataset, trained_with))
-    metrics = {
-        p: evaluate(
-            model.predict,
-            valid_set if p == "valid" else dataset,
-            p,
-            max_len,
-            exclude_seen=not include_seen,
-            seed=seed,
-            quiet=quiet,
-            trim=True,  # SASRec and the supernet accept any length up to max_len
-        )
-        for p in (part or PART_CHOICES)
-    }
+    metrics = result.metrics
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
-        print_metrics(metrics, f"{dataset.name}: {path}")
+        print_metrics(metrics, f"{result.dataset.name}: {result.path}")
 
 
 def register(group: click.Group) -> None:

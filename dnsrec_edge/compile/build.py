@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import logging
-import platform
 import shutil
 import tempfile
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dnsrec_edge import __version__
+from dnsrec_edge.compare import TOLERANCE, TOPK, compare_scores
 from dnsrec_edge.compile import artifact as art
 from dnsrec_edge.compile.elf import elf_machine
 from dnsrec_edge.compile.onnx_io import (
@@ -33,15 +33,12 @@ from dnsrec_edge.compile.onnx_io import (
     run_onnxruntime,
     static_shape,
 )
-from dnsrec_edge.compile.targets import Target, load_target
+from dnsrec_edge.compile.targets import Target, host_target, load_target
 from dnsrec_edge.errors import CompileError, OutputMismatch, OutputNotWritable
-from dnsrec_edge.fsio import atomic_write_json, ensure_new
+from dnsrec_edge.fsio import atomic_write_json, ensure_new, sha256_file
+from dnsrec_edge.hostinfo import host_arch
 
 log = logging.getLogger(__name__)
-
-TOLERANCE = 1e-4  # max abs difference from ONNX Runtime
-TOPK = 10
-
 
 def import_relax(model: OnnxModel, shape: list[int]):
     """The Relax module of ``model`` with its input pinned to ``shape``."""
@@ -102,10 +99,21 @@ def lower_to_tir(mod, tvm_target):
         # exp/softmax/sigmoid as polynomials that vectorise (libm's expf does not); error < 1e-6
         relax.transform.FastMathTransform(),
         fast_sigmoid_pass(),
+        *_cpu_rewrites(tvm_target),
         *cpu.legalize_passes(tvm_target),
     ]
     with tvm_target:
         return tvm.transform.Sequential(passes)(mod)
+
+
+def _cpu_rewrites(tvm_target) -> list:
+    """Relax rewrites that fit CPU kernels to SIMD registers (none for GPUs)."""
+    if tvm_target.kind.name != "llvm":
+        return []
+    from dnsrec_edge.compile.rewrites import pad_constant_matmul_pass
+    from dnsrec_edge.compile.schedules import vector_lanes
+
+    return [pad_constant_matmul_pass(2 * vector_lanes(tvm_target))]
 
 
 def schedule_module(mod, target: Target, tvm_target, database=None):
@@ -184,27 +192,22 @@ def _settings_table(settings: dict[str, Any]) -> None:
 
 
 def compare_outputs(got: np.ndarray, ref: np.ndarray, what: str) -> float:
-    """Max abs difference; ``OutputMismatch`` beyond :data:`TOLERANCE` or on a top-10 change."""
-    if got.shape != ref.shape:
+    """Max abs difference from ONNX Runtime; ``OutputMismatch`` listing every row beyond
+    :data:`~dnsrec_edge.compare.TOLERANCE` or with another top-10 (ties aside: see
+    :mod:`dnsrec_edge.compare`)."""
+    result = compare_scores(got, ref, atol=TOLERANCE, k=TOPK, reference="ONNX Runtime")
+    if not result.ok:
         raise OutputMismatch(
-            f"{what} output shape {got.shape} differs from ONNX Runtime's {ref.shape}"
+            f"{what} differs from ONNX Runtime (max abs diff {result.max_abs_diff:.3g}, "
+            f"tolerance {TOLERANCE:g}, top-{result.k}): {result.summary()}; "
+            "report this with the ONNX file"
         )
-    diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
-    k = min(TOPK, ref.shape[-1])
-    top_got = np.argsort(-got, axis=-1, kind="stable")[..., :k]
-    top_ref = np.argsort(-ref, axis=-1, kind="stable")[..., :k]
-    rows_bad = int(np.sum(np.any(top_got != top_ref, axis=-1)))
-    if diff > TOLERANCE or rows_bad:
-        raise OutputMismatch(
-            f"{what} differs from ONNX Runtime (max abs diff {diff:.3g}, tolerance {TOLERANCE}; "
-            f"top-{k} differs in {rows_bad} row(s)); report this with the ONNX file"
-        )
-    return diff
+    return result.max_abs_diff
 
 
 def compile(  # the public name the contract fixes (shadows the builtin here only)
     onnx_path: str | Path,
-    target: str | Target = "arm64",
+    target: str | Target | None = None,
     out_dir: str | Path | None = None,
     *,
     batch: int = 1,
@@ -226,11 +229,15 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
     candidates are timed on this host (the target must then match it), or on the board behind
     ``rpc`` (``HOST:PORT`` of ``dnsrec-edge device serve``) or leased from ``tracker`` under
     ``key``. An existing database is applied even without ``tune``. ``out_dir`` defaults to
-    ``<model>-<target>`` beside the ONNX file.
+    ``<model>-<target>`` beside the ONNX file. ``target`` defaults to this host's architecture
+    (:func:`host_target`). ``force`` replaces an earlier artifact's own files in ``out_dir``,
+    never anything else there.
     """
     from dnsrec_edge.compile import tuning
 
     started = time.perf_counter()
+    if target is None:
+        target = host_target(targets_dir)
     tgt = target if isinstance(target, Target) else load_target(target, targets_dir)
     onnx_path = Path(onnx_path)
     out = (
@@ -239,6 +246,7 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
         else onnx_path.with_name(f"{onnx_path.stem}-{tgt.name}")
     )
     ensure_new(out, force)
+    art.check_replaceable(out, (art.LIBRARY, art.REFERENCE_INPUT, art.REFERENCE_OUTPUT))
     compiler = tgt.check_cross_compiler()
     board = rpc or tracker
     if board and not tune:
@@ -246,6 +254,14 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
     if tune:
         tuning.check_can_tune(tgt, remote=bool(board))
 
+    from dnsrec_edge.compile import streaming
+
+    if streaming.streaming_layout_of(onnx_path) is not None:  # a step graph: several inputs
+        if tune:
+            raise CompileError("--tune does not cover streaming step graphs yet; drop --tune")
+        return streaming.compile_streaming(
+            onnx_path, tgt, out, compiler, quiet=quiet, started=started
+        )
     model = load_onnx(onnx_path)
     shape = static_shape(model, batch, seq_len)
     check_operators(model)
@@ -357,10 +373,10 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
                 }
             ],
             "files": {
-                name: art.sha256_file(tmp / name)
+                name: sha256_file(tmp / name)
                 for name in (art.LIBRARY, art.REFERENCE_INPUT, art.REFERENCE_OUTPUT)
             },
-            "onnx_sha256": art.sha256_file(onnx_path),
+            "onnx_sha256": sha256_file(onnx_path),
             "archspec": model.archspec,
             "tuning": tune_info,
             "kernels": {"scheduled": scheduled, "total": total},
@@ -375,9 +391,7 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
                 result.run_local(ref_in), ref_out, f"the {tgt.name} build of '{onnx_path}'"
             )
             log.info("matches ONNX Runtime: max abs diff %.2g, identical top-%d", diff, TOPK)
-        if out.exists():  # only reachable with force
-            shutil.rmtree(out)
-        tmp.rename(out)
+        art.install_artifact(tmp, out)  # an earlier artifact's own files only (force)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -388,7 +402,7 @@ def _board_measurer(
     tgt: Target, compiler: str | None, rpc: str | None, tracker: str | None, key: str | None
 ):
     """A tuning measurer on the named board, after checking it is the target's architecture."""
-    from dnsrec_edge.bench import rpc as rpc_mod
+    from dnsrec_edge.board import rpc as rpc_mod
     from dnsrec_edge.compile.tuning import Measurer
 
     link, session = rpc_mod.open_board(rpc, tracker, key)
@@ -412,7 +426,7 @@ def _n_items(model: OnnxModel, shape: list[int]) -> int:
 def _export(executable, lib: Path, compiler: str | None, tgt: Target) -> None:
     from tvm.support import cc
 
-    local = tgt.arch == platform.machine() and tgt.cross_compiler in (None, "gcc", "g++", "cc")
+    local = tgt.arch == host_arch() and tgt.cross_compiler in (None, "gcc", "g++", "cc")
     try:
         if local:
             executable.export_library(str(lib))

@@ -39,12 +39,46 @@ def _extent(sch: s_tir.Schedule, loop) -> int | None:
     return int(ext) if isinstance(ext, tirx.IntImm) else None
 
 
-def vector_lanes(target: Target, bits: int = 32) -> int:
-    """SIMD lanes of ``bits``-wide elements on ``target`` (at least 4)."""
+# SIMD width by -mcpu where the LLVM query cannot tell: TVM 0.27's ``llvm_get_vector_width``
+# answers 512 for every x86-64 CPU, SSE-only ones included, which makes SSE builds use
+# 16-lane register tiles that spill.
+_X86_512 = ("x86-64-v4", "skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake",
+            "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5", "rocketlake")  # fmt: skip
+_X86_256 = ("x86-64-v3", "haswell", "broadwell", "skylake", "alderlake", "raptorlake",
+            "znver1", "znver2", "znver3", "bdver", "btver2", "sandybridge", "ivybridge")  # fmt: skip
+
+
+def simd_bits(target: Target) -> int:
+    """Width in bits of the vector registers ``target`` has (128 when unknown)."""
+    attrs = target.attrs
+    mattr = [str(m) for m in attrs.get("mattr", [])]
+    mcpu = str(attrs.get("mcpu", "") or "")
+    triple = str(attrs.get("mtriple", "") or "")
+    if triple.startswith("x86_64") or mcpu.startswith(("x86-64", "znver", "skylake")):
+        if "+avx512f" in mattr or mcpu.startswith(_X86_512):
+            return 512
+        if "+avx2" in mattr or "+avx" in mattr or mcpu.startswith(_X86_256):
+            return 256
+        return 128
+    if triple.startswith("aarch64") or triple.startswith("arm"):
+        return 128  # NEON (SVE code is not generated: scalable vectors are not used here)
     from tvm.target.codegen import llvm_get_vector_width
 
     width = llvm_get_vector_width(target)
-    return max((width if width > 0 else 128) // bits, 4)
+    return width if width > 0 else 128
+
+
+def vector_lanes(target: Target, bits: int = 32) -> int:
+    """SIMD lanes of ``bits``-wide elements on ``target`` (at least 4)."""
+    return max(simd_bits(target) // bits, 4)
+
+
+def vector_registers(target: Target) -> int:
+    """Architectural vector registers: 32 on AVX-512 and Arm, 16 on SSE/AVX2."""
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if triple.startswith("x86_64") and simd_bits(target) < 512:
+        return 16
+    return 32
 
 
 def _largest_divisor(n: int, candidates: list[int]) -> int:
@@ -67,6 +101,25 @@ def _vectorize_innermost(sch: s_tir.Schedule, block, lanes: int) -> None:
             return
         loops = sch.split(loops[-1], factors=[None, factor])
     sch.vectorize(loops[-1])
+
+
+def _register_tile(m: int | None, n: int, lanes: int, registers: int) -> tuple[int, int]:
+    """``(rows, columns)`` of a matmul's register tile; columns divide ``n`` exactly.
+
+    Columns are a whole number of vectors (2 preferred, then 1 or 4, then half and quarter
+    vectors): odd vector widths make LLVM assemble every vector lane by lane, and tails make
+    TVM scalarise the whole loop (both measured 10-20x slower). Rows fill the accumulator
+    registers left over (up to 6).
+    """
+    cols = _largest_divisor(n, [2 * lanes, lanes, 4 * lanes, lanes // 2, lanes // 4, 2])
+    if n < lanes and n & (n - 1) == 0:
+        cols = n
+    if not m or m == 1:
+        return 1, cols
+    vecs = -(-cols // lanes)
+    max_rows = min(6, max(1, (registers - 2 * vecs - 2) // vecs))
+    rows = _largest_divisor(m, list(range(max_rows, 1, -1)))
+    return rows, cols
 
 
 def _schedule_matmul(
@@ -92,9 +145,8 @@ def _schedule_matmul(
     m = s_ext[-2] if len(s_ext) >= 2 else 1
     work = math.prod(s_ext) * k_ext
 
-    # Register tile: up to 4 rows x (1 or 2) vectors of columns.
-    ji = _largest_divisor(n, [2 * lanes, lanes, lanes // 2, lanes // 4]) if n >= lanes else n
-    ii = _largest_divisor(m, [4, 3, 2]) if len(s_ext) >= 2 else 1
+    # Register tile: up to 6 rows x 1-4 vectors of columns (an exact divisor of n).
+    ii, ji = _register_tile(m if len(s_ext) >= 2 else None, n, lanes, vector_registers(target))
     jo, j_in = sch.split(spatial[-1], factors=[None, ji])
     outer = list(spatial[:-2])
     if len(s_ext) >= 2:

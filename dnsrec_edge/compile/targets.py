@@ -18,6 +18,7 @@ from typing import Any
 
 from dnsrec_edge import paths
 from dnsrec_edge.errors import CrossCompilerMissing, InputFileError, UnknownTarget
+from dnsrec_edge.hostinfo import host_arch
 
 TARGETS_ENV = "DNSREC_EDGE_TARGETS_DIR"
 ARCHES = ("x86_64", "aarch64", "riscv64")
@@ -56,11 +57,6 @@ class Target:
 
         host = tvm.target.Target(self.host) if self.host else None
         return tvm.target.Target(self.tvm, host=host)
-
-    @property
-    def host_arch(self) -> str:
-        """Architecture of the CPU code in the library (the board's CPU)."""
-        return self.arch
 
     def check_cross_compiler(self) -> str | None:
         """Path of the linker this target needs; ``CrossCompilerMissing`` if it is absent."""
@@ -176,6 +172,15 @@ def list_targets(targets_dir: str | Path | None = None) -> list[Target]:
             target = _parse(path)
             found[target.name] = target
     return sorted(found.values(), key=lambda t: t.name)
+
+
+def host_target(targets_dir: str | Path | None = None) -> Target:
+    """The preset for this machine's CPU: a ``host`` target or alias where one exists, else
+    the preset named (or aliased) by the host's architecture (``x86_64``, ``aarch64`` -> arm64)."""
+    try:
+        return load_target("host", targets_dir)
+    except UnknownTarget:
+        return load_target(host_arch(), targets_dir)
 
 
 def load_target(name_or_alias: str, targets_dir: str | Path | None = None) -> Target:

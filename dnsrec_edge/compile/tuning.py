@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import platform
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ import numpy as np
 from dnsrec_edge import paths
 from dnsrec_edge.compile.targets import Target
 from dnsrec_edge.errors import CompileError
+from dnsrec_edge.hostinfo import host_arch
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ def check_can_tune(target: Target, remote: bool = False) -> None:
             f"--tune measures CPU kernels; '{target.name}' is a {target.device} target: compile "
             "it without --tune"
         )
-    if not remote and target.arch != platform.machine():
+    if not remote and target.arch != host_arch():
         raise CompileError(
-            f"--tune measures candidates on this {platform.machine()} host, which cannot run "
+            f"--tune measures candidates on this {host_arch()} host, which cannot run "
             f"'{target.name}' ({target.arch}); name the board to measure on with --rpc HOST:PORT "
             "or --rpc-tracker HOST:PORT --rpc-key KEY, or compile without --tune"
         )

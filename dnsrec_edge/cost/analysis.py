@@ -235,3 +235,8 @@ def param_count(arch: ArchSpec) -> int:
         if g:
             total += (d * g + g + g * f + f) + (d * g + g + g * d + d)
     return total
+
+
+def size(arch: ArchSpec) -> dict[str, int]:
+    """``{"params", "flops"}`` of ``SASRec(arch)`` at batch 1: how reports state a model's size."""
+    return {"params": param_count(arch), "flops": analyze(arch, 1).flops}

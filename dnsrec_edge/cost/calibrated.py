@@ -51,10 +51,11 @@ from dnsrec_edge.cost.model import Cost
 from dnsrec_edge.cost.records import (
     MODEL_FILE,
     board_key,
+    is_measured_energy,
     merge_duplicates,
+    model_file,
     record_id,
     store_dir,
-    store_folders,
 )
 from dnsrec_edge.errors import ArchSpecError, CalibrationError
 from dnsrec_edge.fsio import atomic_write_json
@@ -92,7 +93,6 @@ PARALLEL_MIN_MACS = 1 << 17
 DEFAULT_KERNEL_MS = 0.002  # prior launch cost per kernel
 DEFAULT_OVERHEAD_MS = 0.01  # prior fixed cost of one call (argument copy, VM dispatch)
 SCALAR_PENALTY = 4.0  # prior: scalar code uses one of (at least) four SIMD lanes
-MEASURED_ENERGY = ("rapl", "hwmon", "command", "meter", "ina")  # not "model": that is a prior
 
 
 def _tile_class(n: int) -> tuple[str, int]:
@@ -259,10 +259,9 @@ def fit_data(records: list[dict[str, Any]], statistic: str = "min") -> FitData:
 
 
 def _measured_energy_mj(record: dict[str, Any]) -> float:
-    energy = record.get("energy") or {}
-    joules = energy.get("joules_per_inference")
-    if energy.get("source") in MEASURED_ENERGY and isinstance(joules, int | float) and joules > 0:
-        return 1e3 * float(joules)
+    energy = record.get("energy")
+    if is_measured_energy(energy):
+        return 1e3 * float(energy["joules_per_inference"])
     return math.nan
 
 
@@ -600,13 +599,12 @@ def read_model_file(path: Path, target: Any) -> CalibratedModel:
 def load_cost_model(target: Any, calibration_dir: str | Path | None = None) -> CalibratedModel:
     """The target's cost model: the store's ``model.json``, else the shipped one, else the prior."""
     facts = TargetFacts.of(target)
-    for folder in reversed(store_folders(facts.name, calibration_dir)):
-        path = folder / MODEL_FILE
-        if path.is_file():
-            model = read_model_file(path, facts)
-            model.meta["source"] = str(path)
-            log.debug("cost model for %s from %s (%s)", facts.name, path, model.kind)
-            return model
+    path = model_file(facts.name, calibration_dir)
+    if path is not None:
+        model = read_model_file(path, facts)
+        model.meta["source"] = str(path)
+        log.debug("cost model for %s from %s (%s)", facts.name, path, model.kind)
+        return model
     model = CalibratedModel.prior(facts)
     model.meta["source"] = "the target's roofline and power figures (no model file)"
     return model

@@ -13,6 +13,13 @@ Record schema 1::
      "energy": {"joules_per_inference", "source"} | null, "device": {...},
      "artifact_sha256", "tuned", "tool_version", "tvm_version", "time"}
 
+An energy figure is a measurement only when its ``source`` is one of
+:data:`MEASURED_SOURCES`, the labels bench's meters (``bench/energy.py``) give their
+readings. The set lives here, with the record schema, because both sides read it: bench
+decides with it what to record and the cost model's energy fit what to use, and ``cost``
+sits below ``bench`` (it may not import it). ``model`` (a power prior x latency) is never a
+measurement.
+
 Example::
 
     append_measurement("x86_64", record)        # -> ~/.cache/dnsrec-edge/calibration/x86_64/records.jsonl
@@ -24,19 +31,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 from dnsrec_edge import paths
 from dnsrec_edge.errors import CalibrationError, OutputNotWritable
-from dnsrec_edge.fsio import append_jsonl, read_jsonl
+from dnsrec_edge.fsio import append_jsonl, read_jsonl, sha256_file
 
 log = logging.getLogger(__name__)
 
 RECORD_SCHEMA = 1
 RECORDS_FILE = "records.jsonl"
 MODEL_FILE = "model.json"
+MEASURED_SOURCES = ("rapl", "hwmon", "ina3221", "command")  # the meters' labels; not "model"
 REQUIRED = ("target", "batch", "seq_len", "latency_ms", "device", "artifact_sha256")
 LATENCY_KEYS = ("mean", "median", "p90", "p99", "std", "min", "max")
 # Device facts that name the board (the first present wins); the rest may vary run to run.
@@ -54,6 +63,20 @@ def store_folders(target: str, calibration_dir: str | Path | None = None) -> lis
     shipped = paths.shipped_calibration_dir() / target
     store = store_dir(calibration_dir) / target
     return [shipped] if store.resolve() == shipped.resolve() else [shipped, store]
+
+
+def model_file(target: str, calibration_dir: str | Path | None = None) -> Path | None:
+    """The ``model.json`` the target's cost model loads: the store's, else the shipped one."""
+    for folder in reversed(store_folders(target, calibration_dir)):
+        if (folder / MODEL_FILE).is_file():
+            return folder / MODEL_FILE
+    return None
+
+
+def model_id(target: str, calibration_dir: str | Path | None = None) -> str:
+    """sha256 of the target's :func:`model_file`, or "prior" when it has none."""
+    path = model_file(target, calibration_dir)
+    return "prior" if path is None else sha256_file(path)
 
 
 def record_id(record: dict[str, Any]) -> str:
@@ -103,6 +126,15 @@ def validate_record(record: dict[str, Any], target: str) -> dict[str, Any]:
     latency = record["latency_ms"]
     if not isinstance(latency, dict) or not _positive(latency.get("median")):
         raise CalibrationError("record latency_ms needs a positive 'median' (milliseconds)")
+    bad = [k for k in LATENCY_KEYS if k in latency and not _non_negative(latency[k])]
+    if bad:
+        raise CalibrationError(
+            f"record latency_ms {', '.join(bad)} must be non-negative numbers (milliseconds)"
+        )
+    if not isinstance(record["device"], dict):
+        raise CalibrationError(
+            f"record device must be an object of board facts, not {type(record['device']).__name__}"
+        )
     energy = record.get("energy")
     if energy is not None and not isinstance(energy, dict):
         raise CalibrationError("record energy must be null or {joules_per_inference, source}")
@@ -110,7 +142,21 @@ def validate_record(record: dict[str, Any], target: str) -> dict[str, Any]:
 
 
 def _positive(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    return _non_negative(value) and value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    """A finite number >= 0 (not a bool, not a string)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
+def is_measured_energy(energy: Any) -> bool:
+    """Whether a record's ``energy`` is a measured, positive figure (not a model's)."""
+    return (
+        isinstance(energy, dict)
+        and energy.get("source") in MEASURED_SOURCES
+        and _positive(energy.get("joules_per_inference"))
+    )
 
 
 def append_measurement(

@@ -17,6 +17,7 @@ from dnsrec_edge.data.formats import FORMATS, SUFFIX_FORMATS
 from dnsrec_edge.errors import DataError, InputFileError
 
 ROLES = ("user", "item", "time")
+_INT64_TEXT = r"0|-?[1-9][0-9]{0,18}"  # an integer written the way int64 prints it
 # Names tried, in order, when a column name is not given.
 DEFAULT_COLUMNS = {
     "user": ("user_id", "userId", "user", "uid", "UserID"),
@@ -131,19 +132,25 @@ def select_columns(
 
 
 def _tokens(values: pd.Series, label: str, name: str) -> pd.Series:
-    """User/item ids as given; integers when every id is an integer, else strings."""
+    """User/item ids, never merging two distinct ones: int64 when every id is an integer that
+    round-trips through int64 (``302`` but not ``0302``, ``1e3``, ``1.0`` or ``10**30``),
+    else the ids as strings, exactly as written."""
     missing = values.isna() | (values.astype(str).str.strip() == "")
     if missing.any():
         row = int(missing.to_numpy().argmax())
         raise DataError(
             f"column '{name}' of '{label}' is empty on data row {row + 1}; fill or drop that row"
         )
-    if pd.api.types.is_integer_dtype(values):
+    if pd.api.types.is_signed_integer_dtype(values):
         return values.astype("int64")
+    if pd.api.types.is_float_dtype(values):  # e.g. a Parquet column: exact below 2**53
+        if ((values % 1 == 0) & (values.abs() < 2**53)).all():
+            return values.astype("int64")
     text = values.astype(str).str.strip()
-    numeric = pd.to_numeric(text, errors="coerce")
-    if numeric.notna().all() and (numeric % 1 == 0).all():
-        return numeric.astype("int64")
+    if text.str.fullmatch(_INT64_TEXT).all():
+        numeric = pd.to_numeric(text, errors="coerce")
+        if numeric.dtype == "int64":  # wider values come back as uint64, float or object
+            return numeric
     return text
 
 

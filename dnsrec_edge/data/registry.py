@@ -25,7 +25,7 @@ import pandas as pd
 
 from dnsrec_edge import paths
 from dnsrec_edge.errors import ChecksumMismatch, InputFileError, UnknownDataset
-from dnsrec_edge.fsio import atomic_write_bytes, atomic_write_json
+from dnsrec_edge.fsio import atomic_write_bytes, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,6 @@ def cache_paths(name: str) -> tuple[Path, Path]:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_cached(name: str) -> bool:

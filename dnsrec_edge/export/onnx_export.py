@@ -40,8 +40,9 @@ ID_GUARD = "ids outside 0..n_items are mapped to padding (0) by a Where before t
 ALLOWED_OPS = frozenset(
     {
         "Add", "And", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Div", "Elu",
+        "CumSum",  # start-anchored positions (ArchSpec.positions)
         "Equal", "Expand", "Gather", "Greater", "Identity", "LayerNormalization", "Less",
-        "MatMul", "Max", "Min", "Mul", "Neg", "Not", "Or", "Pow", "Range", "ReduceL2",
+        "Gemm", "MatMul", "Max", "Min", "Mul", "Neg", "Not", "Or", "Pow", "Range", "ReduceL2",
         "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax",
         "Sqrt", "Squeeze", "Sub", "TopK", "Transpose", "Trilu", "Unsqueeze", "Where",
     }

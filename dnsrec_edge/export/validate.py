@@ -2,10 +2,10 @@
 
 Checks, in order: ``onnx.checker`` (full check), the op set and the id range guard
 (:func:`check_graph`), the ArchSpec in the file's metadata, then ONNX Runtime against
-``SASRec.predict`` on the given batches: every row's max abs difference must be <= ``atol``
-and every row's top-``k`` list must be identical (in-graph ``topk_items`` too), except
-for the order among reference scores closer than the row's own numerical error allows to
-rank (see :func:`_differing_rows`). Every mismatch is listed in the :class:`OutputMismatch` raised.
+``SASRec.predict`` on the given batches by the toolkit's one comparison rule
+(:mod:`dnsrec_edge.compare`: every row's max abs difference <= ``atol``, every row's top-``k``
+list identical up to ties within twice the row's own error), applied to the in-graph
+``topk_items`` too. Every mismatch is listed in the :class:`OutputMismatch` raised.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dnsrec_edge.compare import compare_scores, differing_rows, topk_indices
 from dnsrec_edge.errors import CheckpointMismatch, InputFileError, OutputMismatch
 from dnsrec_edge.export.onnx_export import INPUT, META_PREFIX, check_graph
 from dnsrec_edge.models.archspec import ArchSpec
@@ -171,64 +172,27 @@ def _run_both(model: SASRec, session, seqs: np.ndarray, step: int):
     return np.concatenate(ref), [np.concatenate(parts) for parts in zip(*got, strict=True)]
 
 
-def _topk_ids(scores: np.ndarray, k: int) -> np.ndarray:
-    """Item ids (index + 1) of the ``k`` best scores per row, best first, like torch.topk."""
-    _, idx = torch.topk(torch.from_numpy(scores), k, dim=-1)
-    return idx.numpy() + 1
-
-
-def _differing_rows(
-    ref: np.ndarray, ids: np.ndarray, ref_ids: np.ndarray, noise: np.ndarray
-) -> tuple[list, int]:
-    """Rows whose top-k ``ids`` differ from ``ref_ids``, and how many differ only by ties.
-
-    When every score is within ``noise[row]`` of PyTorch's, a correct top-k can only swap
-    items whose reference scores are within ``2 * noise[row]`` at each rank (exactly equal
-    when the scores agree exactly, e.g. an all-padding row of an untrained model); such a
-    list is a valid top-k and not a mismatch. Any larger gap is.
-    """
-    bad, ties = [], 0
-    for row in np.flatnonzero((ids != ref_ids).any(axis=1)):
-        gap = np.abs(ref[row, ids[row] - 1] - ref[row, ref_ids[row] - 1])
-        if (gap <= 2 * noise[row]).all():
-            ties += 1
-        else:
-            bad.append(row)
-    return bad, ties
-
-
 def _compare(ref: np.ndarray, got: list[np.ndarray], names: list[str], k: int, atol: float):
     """Every mismatch between the reference scores and the ONNX outputs, max abs diff, ties."""
     out = dict(zip(names, got, strict=True))
-    mismatches = []
     scores = out["scores"]
-    if scores.shape != ref.shape:
-        return [f"scores shape {scores.shape} != PyTorch {ref.shape}"], float("inf"), 0
-    diff = np.abs(scores - ref).max(axis=1)  # (U,)
-    max_diff = float(diff.max()) if diff.size else 0.0
-    for row in np.flatnonzero(~(diff <= atol)):
-        mismatches.append(f"row {row}: scores max abs diff {diff[row]:.3g} > {atol:g}")
-    ref_top = _topk_ids(ref, k)
-    got_top = _topk_ids(scores, k)
-    bad, ties = _differing_rows(ref, got_top, ref_top, diff)
+    result = compare_scores(scores, ref, atol=atol, k=k, reference="PyTorch")
+    mismatches, ties = list(result.mismatches), result.tied_rows
+    if scores.shape != ref.shape or "topk_items" not in out:
+        return mismatches, result.max_abs_diff, ties
+    items, top_scores = out["topk_items"], out["topk_scores"]
+    if items.min(initial=1) < 1 or items.max(initial=1) > ref.shape[1]:
+        mismatches.append(f"topk_items holds ids outside 1..{ref.shape[1]}")
+        items = np.clip(items, 1, ref.shape[1])
+    ref_items = topk_indices(ref, items.shape[1]) + 1
+    bad, graph_ties = differing_rows(ref, items - 1, ref_items - 1, result.noise)
+    ties = max(ties, graph_ties)
     for row in bad:
         mismatches.append(
-            f"row {row}: top-{k} {got_top[row].tolist()} != PyTorch {ref_top[row].tolist()}"
+            f"row {row}: topk_items {items[row].tolist()} != PyTorch's {ref_items[row].tolist()}"
         )
-    if "topk_items" in out:
-        items, top_scores = out["topk_items"], out["topk_scores"]
-        if items.min(initial=1) < 1 or items.max(initial=1) > ref.shape[1]:
-            mismatches.append(f"topk_items holds ids outside 1..{ref.shape[1]}")
-            items = np.clip(items, 1, ref.shape[1])
-        ref_items = _topk_ids(ref, items.shape[1])
-        bad, graph_ties = _differing_rows(ref, items, ref_items, diff)
-        ties = max(ties, graph_ties)
-        for row in bad:
-            mismatches.append(
-                f"row {row}: topk_items {items[row].tolist()} != PyTorch {ref_items[row].tolist()}"
-            )
-        ref_scores = np.take_along_axis(ref, items - 1, axis=1)
-        sdiff = np.abs(top_scores - ref_scores).max(axis=1)
-        for row in np.flatnonzero(~(sdiff <= atol)):
-            mismatches.append(f"row {row}: topk_scores max abs diff {sdiff[row]:.3g} > {atol:g}")
-    return mismatches, max_diff, ties
+    ref_scores = np.take_along_axis(ref, items - 1, axis=1)
+    sdiff = np.abs(top_scores - ref_scores).max(axis=1)
+    for row in np.flatnonzero(~(sdiff <= atol)):
+        mismatches.append(f"row {row}: topk_scores max abs diff {sdiff[row]:.3g} > {atol:g}")
+    return mismatches, result.max_abs_diff, ties

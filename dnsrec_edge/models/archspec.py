@@ -7,7 +7,7 @@ of a score matrix is item id ``j + 1``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,11 @@ from dnsrec_edge.errors import ArchSpecError
 ARCHSPEC_VERSION = 1
 ATTENTION_KINDS = ("softmax", "linear")
 NORM_KINDS = ("pre", "query")
+# Where position 0 sits: "left_padded" (today's: the newest item is at position max_len - 1,
+# so every position shifts with each new item) or "start_anchored" (the oldest item of the
+# window is at position 0, the i-th at i - 1: positions never move, so keys and values can be
+# cached and one new item costs one position; see models/streaming.py).
+POSITION_LAYOUTS = ("left_padded", "start_anchored")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class ArchSpec:
     hidden: int
     blocks: tuple[BlockSpec, ...] = field(default_factory=tuple)
     version: int = ARCHSPEC_VERSION
+    positions: str = "left_padded"  # one of POSITION_LAYOUTS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -65,6 +71,10 @@ class ArchSpec:
                 )
             if b.norm not in NORM_KINDS:
                 problems.append(f"block {i} norm '{b.norm}' is not one of {', '.join(NORM_KINDS)}")
+        if self.positions not in POSITION_LAYOUTS:
+            problems.append(
+                f"positions '{self.positions}' is not one of {', '.join(POSITION_LAYOUTS)}"
+            )
         if self.version != ARCHSPEC_VERSION:
             problems.append(f"version {self.version} is not {ARCHSPEC_VERSION}")
         if problems:
@@ -86,20 +96,20 @@ class ArchSpec:
         gate_hidden: int = 0,
         attention: str = "softmax",
         norm: str = "pre",
+        positions: str = "left_padded",
     ) -> ArchSpec:
         """A SASRec with ``depth`` identical blocks (head_dim = hidden / heads)."""
         if hidden % heads:
             raise ArchSpecError(f"hidden {hidden} is not divisible by heads {heads}")
         block = BlockSpec(heads, hidden // heads, ffn or hidden, gate_hidden, attention, norm)
-        return cls(n_items, max_len, hidden, tuple([block] * depth))
-
-    def with_items(self, n_items: int) -> ArchSpec:
-        return replace(self, n_items=n_items)
+        return cls(n_items, max_len, hidden, tuple([block] * depth), positions=positions)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["depth"] = self.depth
         d["blocks"] = [asdict(b) for b in self.blocks]
+        if self.positions == "left_padded":  # the default: specs written before it look the same
+            del d["positions"]
         return d
 
     @classmethod
@@ -120,6 +130,7 @@ class ArchSpec:
                 hidden=int(d["hidden"]),
                 blocks=blocks,
                 version=int(d.get("version", ARCHSPEC_VERSION)),
+                positions=str(d.get("positions", "left_padded")),
             )
         except (TypeError, ValueError) as err:
             raise ArchSpecError(f"malformed ArchSpec: {err}") from err

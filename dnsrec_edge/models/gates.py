@@ -1,4 +1,9 @@
-"""Data-aware gates (DNS-Rec): scale activations by a function of the input embedding."""
+"""Data-aware gates (DNS-Rec): scale activations by a function of the input embedding.
+
+The gates live in ``models`` rather than beside the supernet in ``search``: a searched and
+pruned SASRec keeps its (narrowed) gates, so the plain model, its checkpoints and pruning use
+them too, and ``models`` imports nothing above it.
+"""
 
 from __future__ import annotations
 

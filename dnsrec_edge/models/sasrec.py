@@ -6,6 +6,9 @@ model is an instance of this same class with a smaller :class:`ArchSpec`.
 
 Conventions: ``item_seq`` is int64 ``(B, L)``, left-padded with 0, most recent item last;
 ids outside ``0..n_items`` are treated as padding (so no out-of-range id reaches a gather).
+``ArchSpec.positions`` says which position embedding each item gets: ``"left_padded"`` (the
+newest item at ``max_len - 1``) or ``"start_anchored"`` (the oldest real item at 0), with the
+same input layout either way.
 Scores are over items ``1..n_items``: column ``j`` is item id ``j + 1``.
 """
 
@@ -40,8 +43,24 @@ class CausalSelfAttention(nn.Module):
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
 
     def forward(self, h_q: torch.Tensor, h_kv: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """``h_q`` (B, Tq, d) queries, ``h_kv`` (B, T, d) keys/values, ``allowed`` (B, 1, Tq, T) bool."""
+        """``h_q`` (B, Tq, d) queries, ``h_kv`` (B, T, d) keys/values, ``allowed`` (B, 1, Tq, T) bool.
+
+        A 2-D ``h_q`` (B, d) is one query per row (the last position): the result is (B, d), and
+        the projections run as plain 2-D matrix products (no reshapes around them in ONNX).
+        """
+        if h_q.dim() == 2:
+            b = h_q.shape[0]
+            q = self.q(h_q).view(b, self.heads, 1, self.head_dim)  # (B, nh, 1, hs)
+            y = self._attend(q, h_kv, allowed)  # (B, nh, 1, hs)
+            return self.o(y.reshape(b, self.heads * self.head_dim))  # (B, d)
         q = self._split(self.q(h_q))  # (B, nh, Tq, hs)
+        y = self._attend(q, h_kv, allowed)  # (B, nh, Tq, hs)
+        b, _, tq, _ = y.shape
+        y = y.transpose(1, 2).reshape(b, tq, self.heads * self.head_dim)  # (B, Tq, nh*hs)
+        return self.o(y)
+
+    def _attend(self, q: torch.Tensor, h_kv: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Attention of ``q`` (B, nh, Tq, hs) over the keys/values of ``h_kv``: (B, nh, Tq, hs)."""
         k = self._split(self.k(h_kv))  # (B, nh, T, hs)
         v = self._split(self.v(h_kv))  # (B, nh, T, hs)
         scale = 1.0 / math.sqrt(self.head_dim)
@@ -54,10 +73,7 @@ class CausalSelfAttention(nn.Module):
             k = nn.functional.normalize(nn.functional.elu(k), dim=-1)
             att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, Tq, T)
             att = self.drop(att * allowed.to(att.dtype))
-        y = att @ v  # (B, nh, Tq, hs)
-        b, _, tq, _ = y.shape
-        y = y.transpose(1, 2).reshape(b, tq, self.heads * self.head_dim)  # (B, Tq, nh*hs)
-        return self.o(y)
+        return att @ v  # (B, nh, Tq, hs)
 
 
 class FeedForward(nn.Module):
@@ -110,9 +126,9 @@ class SASRecBlock(nn.Module):
     ) -> torch.Tensor:
         h = self.ln1(x)
         kv = h if self.norm == "pre" else x
-        if last_only:  # only the last position is needed downstream
-            x, h = x[:, -1:], h[:, -1:]
-            x0, allowed = (None if x0 is None else x0[:, -1:]), allowed[:, :, -1:]
+        if last_only:  # only the last position is needed downstream: 2-D rows (B, d)
+            x, h = x[:, -1], h[:, -1]
+            x0, allowed = (None if x0 is None else x0[:, -1]), allowed[:, :, -1:]
         residual = x if self.norm == "pre" else h
         x = residual + self.drop(self.attn(h, kv, allowed))
         h = self.ln2(x)
@@ -152,8 +168,13 @@ class SASRec(nn.Module):
         item_seq = torch.where((item_seq < 0) | (item_seq > n), 0, item_seq)  # out of range -> pad
         b, t = item_seq.shape
         keep = item_seq != 0  # (B, T)
-        # Left padding keeps the most recent item at position max_len - 1, whatever T is.
-        pos = torch.arange(self.arch.max_len - t, self.arch.max_len, device=item_seq.device)
+        if self.arch.positions == "start_anchored":
+            # the oldest real item is position 0 and the i-th real item i - 1, whatever the
+            # padding: positions never move as items arrive (models/streaming.py caches them)
+            pos = torch.where(keep, keep.cumsum(1) - 1, 0)  # (B, T), in 0..T-1
+        else:
+            # Left padding keeps the most recent item at position max_len - 1, whatever T is.
+            pos = torch.arange(self.arch.max_len - t, self.arch.max_len, device=item_seq.device)
         x = self.item_emb(item_seq) * math.sqrt(self.arch.hidden) + self.pos_emb(pos)  # (B, T, d)
         x = self.emb_drop(x) * keep.unsqueeze(-1).to(x.dtype)
         ones = torch.ones(t, t, dtype=torch.bool, device=item_seq.device)
@@ -183,7 +204,7 @@ class SASRec(nn.Module):
         x, allowed, x0 = self.embed(item_seq)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, allowed, x0, last_only=(i == last))
+            x = block(x, allowed, x0, last_only=(i == last))  # the last block returns (B, d)
         if last < 0:
-            x = x[:, -1:]
-        return self.score(self.ln_f(x[:, -1]))
+            x = x[:, -1]
+        return self.score(self.ln_f(x))

@@ -22,7 +22,7 @@ from torch import nn
 from dnsrec_edge.cost.analysis import analyze, param_count
 from dnsrec_edge.errors import BudgetError, CheckpointMismatch, InputFileError, OutputMismatch
 from dnsrec_edge.fsio import atomic_write_json
-from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
+from dnsrec_edge.models.archspec import BlockSpec
 from dnsrec_edge.models.sasrec import SASRec
 from dnsrec_edge.prune.materialize import fold_attention_scale
 
@@ -175,7 +175,7 @@ def prune_by_importance(model: SASRec, ratio: float, importance: str = "magnitud
             fold_attention_scale(b.attn, spec, i)
             for i, (b, spec) in enumerate(zip(work.blocks, blocks, strict=True))
         ]
-    small_arch = ArchSpec(arch.n_items, arch.max_len, arch.hidden, tuple(blocks))
+    small_arch = replace(arch, blocks=tuple(blocks))  # keeps the position layout
     dropout = next((m.p for m in model.modules() if isinstance(m, nn.Dropout)), 0.0)
     gamma = next((m.gamma for m in model.modules() if hasattr(m, "gamma")), 2.0)
     small = SASRec(small_arch, dropout=dropout, gate_gamma=gamma)

@@ -1,13 +1,16 @@
-"""Resource budgets: ``flops=25%``, ``flops=30M``, ``latency=1.5ms``, ``energy=2mJ``.
+"""Resource budgets: ``latency=25%``, ``flops=25%``, ``flops=30M``, ``latency=1.5ms``, ``energy=2mJ``.
 
-A ``%`` budget is a share of the full supernet's cost (max depth, widest candidates) under the
-same cost model; any other value is absolute. Latency and energy come from the target's
-calibrated cost model, so they need a target.
+A ``%`` budget is a share of the trained **baseline**'s cost on the target: ``latency=25%`` is a
+quarter of the baseline's latency (measured when the target is reachable, else predicted by
+the target's cost model), ``flops=25%`` a quarter of its FLOPs. ``%supernet`` (e.g.
+``flops=25%supernet``) spells the older share of the full supernet (max depth, widest
+candidates). Any other value is absolute. Latency and energy come from the target's cost
+model, so they need a target.
 
 Example::
 
-    budget = parse_budget("latency=1.5ms")    # Budget(kind="latency", value=1.5, relative=False)
-    limit = budget.limit(reference=4.2)       # 1.5 (ms); a 25% budget would give 1.05
+    budget = parse_budget("latency=25%")    # Budget("latency", 0.25, relative_to="baseline")
+    limit = budget.limit(reference=4.2)      # 1.05 (ms): a quarter of the baseline's 4.2 ms
 """
 
 from __future__ import annotations
@@ -18,36 +21,68 @@ from dataclasses import dataclass
 from dnsrec_edge.errors import BudgetError
 
 KINDS = ("flops", "latency", "energy")
+RELATIVE_TO = ("baseline", "supernet")
 UNITS = {
     "flops": {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9},
     "latency": {"ms": 1.0, "us": 1e-3, "s": 1e3},
     "energy": {"mj": 1.0, "uj": 1e-3, "j": 1e3},
 }
-ACCEPTED = "flops=25% (share of the full supernet), flops=30M, latency=1.5ms or energy=2mJ"
-_PATTERN = re.compile(r"^\s*([a-z]+)\s*=\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z%]*)\s*$")
+ACCEPTED = (
+    "latency=25% (share of the baseline), flops=25%supernet (share of the full supernet), "
+    "flops=30M, latency=1.5ms or energy=2mJ"
+)
+_PATTERN = re.compile(
+    r"^\s*([a-z]+)\s*=\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*%?[a-z]*)\s*$"
+)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A budget kind and value; ``value`` is a fraction if ``relative``, else in base units
-    (FLOPs, milliseconds, millijoules)."""
+    """A budget kind and value; ``value`` is a fraction of the ``relative_to`` model's cost
+    (``"baseline"`` or ``"supernet"``), or, when ``relative_to`` is ``None``, absolute in base
+    units (FLOPs, milliseconds, millijoules)."""
 
     kind: str
     value: float
-    relative: bool
+    relative_to: str | None = None
+
+    @property
+    def relative(self) -> bool:
+        return self.relative_to is not None
 
     def limit(self, reference: float) -> float:
-        """The absolute limit, given the full supernet's cost ``reference`` for ``%`` budgets."""
+        """The absolute limit, given the reference model's cost for ``%`` budgets."""
         return self.value * reference if self.relative else self.value
 
     @property
     def unit(self) -> str:
         return {"flops": "FLOPs", "latency": "ms", "energy": "mJ"}[self.kind]
 
+    def to_dict(self) -> dict:
+        """``{"kind", "value", "relative_to", "text", "unit"}`` (plain data for run files)."""
+        return {
+            "text": str(self),
+            "kind": self.kind,
+            "value": self.value,
+            "relative": self.relative,
+            "relative_to": self.relative_to,
+            "unit": self.unit,
+        }
+
     def __str__(self) -> str:
         if self.relative:
-            return f"{self.kind}={self.value * 100:g}%"
+            suffix = "%supernet" if self.relative_to == "supernet" else "%"
+            return f"{self.kind}={self.value * 100:g}{suffix}"
         return f"{self.kind}={self.value:g}{'' if self.kind == 'flops' else self.unit}"
+
+
+def budget_from_dict(d: dict) -> Budget:
+    """Read a budget written by :meth:`Budget.to_dict`, or by a run folder from before
+    ``relative_to`` existed (where every ``%`` budget was a share of the full supernet)."""
+    relative_to = d.get("relative_to")
+    if relative_to is None and d.get("relative"):
+        relative_to = "supernet"
+    return Budget(d["kind"], float(d["value"]), relative_to)
 
 
 def parse_budget(text: str) -> Budget:
@@ -64,12 +99,18 @@ def parse_budget(text: str) -> Budget:
     value = float(number)
     if value <= 0:
         raise BudgetError(f"budget '{text}' must be positive; use {ACCEPTED}")
-    if unit == "%":
-        if value > 100:
+    if unit.startswith("%"):
+        relative_to = unit[1:] or "baseline"
+        if relative_to not in RELATIVE_TO:
+            raise BudgetError(
+                f"unknown reference '{relative_to}' in '{text}'; a share is of the baseline "
+                f"('{kind}=25%') or of the full supernet ('{kind}=25%supernet')"
+            )
+        if relative_to == "supernet" and value > 100:
             raise BudgetError(
                 f"budget '{text}' is over 100% of the full supernet; use at most 100%"
             )
-        return Budget(kind, value / 100.0, relative=True)
+        return Budget(kind, value / 100.0, relative_to)
     if unit == "" and kind != "flops":
         raise BudgetError(f"budget '{text}' needs a unit; use {ACCEPTED}")
     scale = UNITS[kind].get(unit)
@@ -79,4 +120,4 @@ def parse_budget(text: str) -> Budget:
             f"unknown unit '{unit}' for a {kind} budget in '{text}'; use one of {units} as in "
             f"{ACCEPTED}"
         )
-    return Budget(kind, value * scale, relative=False)
+    return Budget(kind, value * scale)

@@ -1,10 +1,22 @@
 """The bilevel search loop: supernet weights on training batches, controllers on a held-out slice.
 
-First order (DARTS-style): every batch updates the weights with the task loss; every
-``arch_every`` batches after ``warmup_epochs`` one batch of the held-out users updates alpha
-and beta (their own Adam) with ``task loss + penalty``; the penalty weight then takes its
-dual-ascent step. The temperature stays at its start value through the warm-up and anneals
-exponentially to its end value over the remaining steps.
+Warm-up (the controllers stay still): the shared weights train with the sandwich rule and
+in-place distillation (:mod:`sandwich`: the largest path on the true items, the smallest and
+``sandwich_random`` random paths on the largest path's predictions), with the baseline's
+recipe (Adam at its learning rate, a one-epoch linear ramp, its dropout). The warm-up lasts
+at least ``warmup_epochs`` and, given the baseline's validation NDCG@10, goes on (up to
+``max_warmup_epochs``) until the largest hard path reaches ``warmup_target`` of it, so the
+controllers start from shared weights whose hard paths rank items about as well as the
+baseline does.
+
+Search (``epochs - warmup_epochs`` epochs): first order (DARTS-style), every batch updates the
+weights with the mixture's task loss; every ``arch_every`` batches one batch of the held-out
+users updates alpha and beta (their own Adam) with ``task loss + penalty``; the penalty
+weight then takes its dual-ascent step. The learning rate of the weights decays along a
+cosine to a tenth over the search epochs. The temperature anneals exponentially from
+``t_start`` to ``t_end``, but a step of the schedule is taken only while the expected cost
+sits within ``anneal_band`` of the budget (``|E[cost] / budget - 1| <= anneal_band``), so the
+controllers cannot freeze on an architecture far from the budget.
 
 After each epoch the argmax architecture is taken (or, when it is over budget, the most
 probable in-budget architecture under the controllers), evaluated in hard mode on the
@@ -15,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -27,11 +40,13 @@ from dnsrec_edge.data.batching import train_batches
 from dnsrec_edge.data.dataset import Dataset
 from dnsrec_edge.errors import DataError
 from dnsrec_edge.evaluate import evaluate
-from dnsrec_edge.models.supernet import Supernet
 from dnsrec_edge.progress import track
 from dnsrec_edge.search.constraint import PENALTY_MODES, CostTable, Penalty, depth_factor
-from dnsrec_edge.search.controllers import ArchController, anneal
+from dnsrec_edge.search.controllers import anneal
+from dnsrec_edge.search.front import most_probable_in_budget
+from dnsrec_edge.search.sandwich import sandwich_step
 from dnsrec_edge.search.space import Choice
+from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.train.losses import LOSSES, sequence_loss
 
 log = logging.getLogger(__name__)
@@ -41,12 +56,12 @@ log = logging.getLogger(__name__)
 class SearchConfig:
     """Search settings; the training ones match ``TrainConfig`` of the baseline."""
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: int = 10  # warm-up + search epochs, when the warm-up is not prolonged
+    batch_size: int = 64  # the baseline's
+    lr: float = 3e-3  # the baseline's
     loss: str = "ce"
     negatives: int = 256
-    dropout: float = 0.2
+    dropout: float = 0.1  # the baseline's
     max_len: int = 200
     seed: int = 0
     threads: int | None = None
@@ -56,8 +71,13 @@ class SearchConfig:
     arch_every: int = 1  # one architecture step every this many weight steps
     heldout: float = 0.1  # share of users whose training sequences drive the architecture step
     warmup_epochs: int = 3  # weights only (every path trains), temperature held at t_start
+    sandwich: bool = True  # warm-up with the sandwich rule (False: the mixture's loss)
+    sandwich_random: int = 2  # random paths per sandwich step
+    warmup_target: float = 0.95  # prolong the warm-up until the largest path reaches this
+    max_warmup_epochs: int = 0  # share of the baseline's valid NDCG@10 (0: epochs - 1)
     t_start: float = 1.0
     t_end: float = 0.01
+    anneal_band: float = 0.1  # anneal only while |E[cost] / budget - 1| is within this
     gumbel: bool = False
     shared_alpha: bool = False  # one alpha for all blocks (the authors' code)
     # penalty
@@ -79,6 +99,11 @@ class SearchConfig:
         if not 0 <= self.warmup_epochs < self.epochs:
             problems.append(
                 f"warmup_epochs must lie in 0..epochs-1 (got {self.warmup_epochs} of {self.epochs})"
+            )
+        if not 0 <= self.warmup_target <= 1.5 or self.anneal_band <= 0:
+            problems.append(
+                f"warmup_target must lie in 0..1.5 and anneal_band be > 0 (got "
+                f"{self.warmup_target}, {self.anneal_band})"
             )
         if not 0 < self.t_end <= self.t_start:
             problems.append(
@@ -111,37 +136,8 @@ class LoopResult:
     best: EpochResult | None
     epochs: list[EpochResult] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def most_probable_in_budget(
-    controller: ArchController, table: CostTable, limit: float
-) -> Choice | None:
-    """The in-budget architecture with the highest probability under the controllers.
-
-    Exhaustive over the space (every depth, every candidate pair per block), vectorised.
-    """
-    with torch.no_grad():
-        probs = controller.probs()
-        n_blocks, n_attn = probs.attn.shape
-        n_ffn = probs.ffn.shape[1]
-        # (N, A*F) log-probability of each candidate pair per block; pair p = a * F + f
-        pair_lp = (probs.attn.log()[:, :, None] + probs.ffn.log()[:, None, :]).reshape(n_blocks, -1)
-        depth_lp = probs.depth.log()
-    mid = table.mid.reshape(-1)  # (A*F,)
-    best, best_lp = None, -float("inf")
-    for depth in range(1, n_blocks + 1):
-        lp, cost = depth_lp[depth - 1].double().reshape(1), torch.zeros(1, dtype=torch.float64)
-        for i in range(depth):  # grow the grid of all pair combinations of blocks 0..i
-            block_cost = table.last_of(depth).reshape(-1) if i == depth - 1 else mid
-            lp = (lp[:, None] + pair_lp[i].double()[None, :]).reshape(-1)
-            cost = (cost[:, None] + block_cost[None, :]).reshape(-1)
-        lp = lp.masked_fill(cost > limit, -float("inf"))
-        k = int(lp.argmax())
-        if float(lp[k]) > best_lp:
-            pairs = np.unravel_index(k, (n_attn * n_ffn,) * depth)
-            best_lp = float(lp[k])
-            best = Choice(depth, tuple(divmod(int(p), n_ffn) for p in pairs))
-    return best
+    warmup_epochs: int = 0  # warm-up epochs actually run
+    warmup_valid: float = -1.0  # the largest path's valid NDCG@10 after the last warm-up epoch
 
 
 def split_users(dataset: Dataset, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,8 +163,12 @@ def run_search(
     config: SearchConfig,
     on_epoch: Callable[[dict[str, Any], bool], None] | None = None,
     quiet: bool = False,
+    baseline_valid: float | None = None,
 ) -> LoopResult:
-    """Train ``model`` and its controllers; ``on_epoch(record, improved)`` after each epoch."""
+    """Train ``model`` and its controllers; ``on_epoch(record, improved)`` after each epoch.
+
+    ``baseline_valid`` (the baseline's validation NDCG@10) turns on the warm-up rule.
+    """
     weight_users, held_users = split_users(dataset, config.heldout, config.seed)
     if len(weight_users) == 0:
         raise DataError(
@@ -180,32 +180,55 @@ def run_search(
     penalty = Penalty(config.penalty, config.lam, config.dual_step)
     arch_batches = _cycle_batches(dataset, held_users, config)
     steps_per_epoch = sum(1 for _ in _weight_batches(dataset, weight_users, config, 0))
-    anneal_steps = (config.epochs - config.warmup_epochs) * steps_per_epoch
+    search_epochs = config.epochs - config.warmup_epochs
+    anneal_steps = search_epochs * steps_per_epoch
+    max_warmup = config.max_warmup_epochs or max(config.warmup_epochs, config.epochs - 1)
+    target = None if baseline_valid is None else config.warmup_target * baseline_valid
+    rng = np.random.default_rng([config.seed, 31])
     ctrl.set_temperature(config.t_start)
-    result, best_ndcg, step, t0 = LoopResult(None), -1.0, 0, time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    result, best_ndcg, t0 = LoopResult(None), -1.0, time.perf_counter()
+    step, anneal_step, searched, warmed, ratio = 0, 0, 0, 0, float("inf")
+    epoch = 0
+    while searched < search_epochs:
+        epoch += 1
         torch.manual_seed(config.seed * 100_003 + epoch)
         model.train()
-        searching = epoch > config.warmup_epochs
+        searching = warmed >= config.warmup_epochs and (
+            target is None or warmed >= max_warmup or result.warmup_valid >= target
+        )
         losses, ratios = [], []
         batches = _weight_batches(dataset, weight_users, config, epoch)
         for i, (item_seq, targets) in enumerate(
             track(batches, f"search epoch {epoch}", total=steps_per_epoch, quiet=quiet)
         ):
-            if searching:
-                ctrl.set_temperature(anneal(step, anneal_steps, config.t_start, config.t_end))
-                step += 1
-            loss = sequence_loss(model, item_seq, targets, config.loss, config.negatives)
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            w_opt.step()
-            losses.append(loss.item())
-            if searching and i % config.arch_every == 0:
-                ratios.append(
-                    _arch_step(model, table, limit, penalty, a_opt, next(arch_batches), config)
+            _set_lr(w_opt, config, step, steps_per_epoch, searched, search_epochs)
+            step += 1
+            if searching and abs(ratio - 1.0) <= config.anneal_band:
+                anneal_step += 1
+            ctrl.set_temperature(anneal(anneal_step, anneal_steps, config.t_start, config.t_end))
+            if not searching and config.sandwich:
+                losses.append(
+                    sandwich_step(model, item_seq, targets, w_opt, rng, config.sandwich_random)
                 )
+            else:
+                loss = sequence_loss(model, item_seq, targets, config.loss, config.negatives)
+                w_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                w_opt.step()
+                losses.append(loss.item())
+            if searching and i % config.arch_every == 0:
+                ratio = _arch_step(model, table, limit, penalty, a_opt, next(arch_batches), config)
+                ratios.append(ratio)
         record, epoch_result = _end_epoch(model, dataset, table, limit, config, epoch)
+        if searching:
+            searched += 1
+        else:
+            warmed += 1
+            result.warmup_valid = _largest_valid(model, dataset, config)
+            record["largest_valid_ndcg@10"] = result.warmup_valid
+        result.warmup_epochs = warmed
         record.update(
+            phase="search" if searching else "warmup",
             train_loss=float(np.mean(losses)),
             penalty_weight=penalty.lam,
             mean_expected_ratio=float(np.mean(ratios)) if ratios else None,
@@ -216,9 +239,10 @@ def run_search(
         if improved:
             best_ndcg, result.best = epoch_result.valid["ndcg@10"], epoch_result
         log.info(
-            "search epoch %d: T %.3f, lambda %.4g, expected cost %.3g (%.0f%% of budget), arch %s "
-            "cost %.3g, valid ndcg@10 %.4f%s",
+            "search epoch %d (%s): T %.3f, lambda %.4g, expected cost %.3g (%.0f%% of budget), "
+            "arch %s cost %.3g, valid ndcg@10 %.4f%s",
             epoch,
+            record["phase"],
             float(ctrl.temperature),
             penalty.lam,
             record["expected_cost"],
@@ -232,6 +256,40 @@ def run_search(
             on_epoch(record, improved)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _set_lr(
+    optimizer: torch.optim.Optimizer,
+    config: SearchConfig,
+    step: int,
+    steps_per_epoch: int,
+    searched: int,
+    search_epochs: int,
+) -> None:
+    """One-epoch linear ramp, flat through the warm-up, cosine to a tenth over the search."""
+    if step < steps_per_epoch:
+        factor = (step + 1) / steps_per_epoch
+    else:
+        progress = min(1.0, searched / max(1, search_epochs))
+        factor = 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * factor
+
+
+def _largest_valid(model: Supernet, dataset: Dataset, config: SearchConfig) -> float:
+    """Validation NDCG@10 of the largest hard path (max depth, widest candidates)."""
+    model.eval()
+    with torch.no_grad(), model.selected(model.space.widest()):
+        valid = evaluate(
+            model.predict,
+            dataset,
+            "valid",
+            config.max_len,
+            protocols=("full",),
+            batch_size=config.eval_batch_size,
+        )["full"]
+    model.train()
+    return valid["ndcg@10"]
 
 
 def _weight_batches(dataset: Dataset, users: np.ndarray, config: SearchConfig, epoch: int):
@@ -274,7 +332,7 @@ def _end_epoch(
     ctrl = model.controller
     argmax = ctrl.choice()
     argmax_cost = table.of(argmax)
-    choice = argmax if argmax_cost <= limit else most_probable_in_budget(ctrl, table, limit)
+    choice = argmax if argmax_cost <= limit else most_probable_in_budget(ctrl, table, limit)[0]
     cost = table.of(choice)
     with model.selected(choice):
         valid = evaluate(

@@ -1,8 +1,15 @@
 """``retrain``: train the architecture a search selected, from scratch or from the supernet.
 
 - ``scratch`` (the paper): a fresh :class:`SASRec` of ``arch.json``, trained like the baseline.
-- ``finetune``: the selected subnet's supernet weights, turned into the dense small SASRec by
-  ``dnsrec_edge.prune.materialize`` (torch-pruning), then trained further.
+- ``finetune``: the selected subnet's supernet weights (inherited), turned into the dense small
+  SASRec by ``dnsrec_edge.prune.materialize`` (torch-pruning), then trained further.
+- ``distill``: inherited as ``finetune``, trained on the cross-entropy mixed with the KL to a
+  trained teacher's (the baseline's) softened full-catalogue scores (``TrainConfig.distill``,
+  default weight 0.5 in this mode).
+
+``search`` and ``prune`` sit on one layer of the toolkit; ``finetune`` and ``distill`` call
+``prune.materialize`` because the inherited weights are exactly the pruned subnet, and one
+module owns that mapping.
 
 Results go to ``RUN_DIR/retrain-<mode>/`` (the trainer's run files plus ``metrics.json``).
 
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +40,14 @@ from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.models.sasrec import SASRec
 from dnsrec_edge.search.loop import SearchConfig
 from dnsrec_edge.search.space import Choice, SearchSpace
-from dnsrec_edge.train.checkpoint import load_checkpoint
+from dnsrec_edge.train.checkpoint import load_checkpoint, read_checkpoint
 from dnsrec_edge.train.config import TrainConfig
 from dnsrec_edge.train.trainer import final_metrics, prepare_run_dir, train_model
 
 log = logging.getLogger(__name__)
 
-MODES = ("scratch", "finetune")
+MODES = ("scratch", "finetune", "distill")
+DISTILL_WEIGHT = 0.5  # the distill mode's default TrainConfig.distill
 
 
 @dataclass
@@ -128,15 +136,22 @@ def default_train_config(run: dict[str, Any]) -> TrainConfig:
     )
 
 
+def retrain_config(run_dir: str | Path, teacher: str | Path | None = None) -> TrainConfig:
+    """The settings a retrain starts from: the teacher's own training settings (its budget,
+    schedule and early stopping, stored in its checkpoint) when a teacher checkpoint is
+    given, else :func:`default_train_config` of the run."""
+    run = read_run(run_dir)
+    if teacher is not None:
+        saved = read_checkpoint(teacher).get("extra", {}).get("train_config")
+        if saved:
+            return TrainConfig.from_dict(saved)
+    return default_train_config(run)
+
+
 def _finetune_model(run_dir: Path, arch: ArchSpec, dataset: Dataset) -> tuple[nn.Module, dict]:
     """The selected subnet's supernet weights as a dense small SASRec, and the pruning plan."""
-    try:
-        from dnsrec_edge.prune.materialize import materialize
-    except ImportError as err:
-        raise DnsrecError(
-            f"finetune needs dnsrec_edge.prune.materialize, which this install lacks ({err}); "
-            "use --mode scratch"
-        ) from err
+    from dnsrec_edge.prune.materialize import materialize
+
     supernet, _ = load_checkpoint(run_dir / "supernet.pt", dataset.fingerprint)
     return materialize(supernet, arch)
 
@@ -149,10 +164,19 @@ def retrain(
     dataset: Dataset | None = None,
     force: bool = False,
     quiet: bool = False,
+    teacher: str | Path | nn.Module | None = None,
 ) -> RetrainResult:
-    """Train the selected architecture of ``run_dir``; evaluate it on valid and test."""
+    """Train the selected architecture of ``run_dir``; evaluate it on valid and test.
+
+    ``distill`` needs ``teacher``: the trained baseline (a module or its checkpoint).
+    """
     if mode not in MODES:
         raise DnsrecError(f"unknown retrain mode '{mode}'; use one of {', '.join(MODES)}")
+    if mode == "distill" and teacher is None:
+        raise DnsrecError(
+            "retrain --mode distill needs the trained baseline as teacher; pass --teacher "
+            "BASELINE/model.pt"
+        )
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     arch, _ = load_selected_arch(run_dir, run)
@@ -163,6 +187,12 @@ def retrain(
             f"{dataset.n_items}; run the search again"
         )
     config = config or default_train_config(run)
+    if mode == "distill" and config.distill == 0:
+        config = replace(config, distill=DISTILL_WEIGHT)
+    if mode != "distill" and config.distill > 0:
+        config = replace(config, distill=0.0)
+    if isinstance(teacher, (str, Path)):
+        teacher, _ = load_checkpoint(teacher, dataset.fingerprint)
     if config.max_len != arch.max_len:
         raise ArchSpecError(
             f"arch.json is for max_len {arch.max_len} but retraining asks for {config.max_len}; "
@@ -183,7 +213,9 @@ def retrain(
     atomic_write_json(
         out / "config.json", {"mode": mode, "train": asdict(config), "arch": arch.to_dict()}
     )
-    result = train_model(model, dataset, config, out, quiet=quiet)
+    result = train_model(
+        model, dataset, config, out, quiet=quiet, teacher=teacher if mode == "distill" else None
+    )
     metrics = final_metrics(result.model, dataset, config, PROTOCOLS, quiet)
     flops, params = analyze(arch).flops, param_count(arch)
     atomic_write_json(

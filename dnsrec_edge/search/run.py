@@ -3,7 +3,8 @@
 A run folder holds:
 
 - ``arch.json``: the selected architecture (an :class:`ArchSpec`: ``depth`` and ``blocks``);
-- ``supernet.pt``: the supernet checkpoint (weights and controllers) at the selected epoch;
+- ``supernet.pt``: the supernet checkpoint (weights and controllers) after the search;
+- ``front.json``: the scored front (:mod:`search.front`) the architecture was picked from;
 - ``search_log.jsonl``: one record per epoch (alpha, beta, temperature, penalty weight,
   expected cost, the argmax and selected architectures and their costs, validation metrics);
 - ``run.json``: dataset, budget, cost model, search space, settings and the outcome.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +32,19 @@ from dnsrec_edge.data.load import load_dataset
 from dnsrec_edge.errors import BudgetError, OutputExists
 from dnsrec_edge.fsio import append_jsonl, atomic_write_json, atomic_write_text
 from dnsrec_edge.models.archspec import ArchSpec
-from dnsrec_edge.models.supernet import Supernet
 from dnsrec_edge.search.budget import Budget, parse_budget
 from dnsrec_edge.search.constraint import CostTable
-from dnsrec_edge.search.loop import SearchConfig, run_search
+from dnsrec_edge.search.front import FrontPoint, Measure, pick, score_front
+from dnsrec_edge.search.loop import LoopResult, SearchConfig, run_search
 from dnsrec_edge.search.space import Choice, SearchSpace
+from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.train.checkpoint import save_checkpoint
 from dnsrec_edge.train.trainer import set_threads
 
 log = logging.getLogger(__name__)
 
 RUN_SCHEMA = 1
-RUN_FILES = ("arch.json", "supernet.pt", "search_log.jsonl", "run.json")
+RUN_FILES = ("arch.json", "supernet.pt", "search_log.jsonl", "run.json", "front.json")
 
 
 @dataclass
@@ -60,11 +62,12 @@ class SearchResult:
     valid: dict[str, float]
     argmax_in_budget: bool  # False: the argmax was over budget and a neighbour was taken
     seconds: float
-    model: Supernet  # at the selected epoch
+    model: Supernet  # after the search, as in supernet.pt
+    front: list[FrontPoint] = field(default_factory=list)
 
     @property
     def share(self) -> float:
-        """Cost of the selected architecture as a share of the full supernet."""
+        """Cost of the selected architecture as a share of the budget's reference."""
         return self.cost / self.reference
 
 
@@ -78,28 +81,52 @@ def budget_cost_model(
         raise BudgetError(
             f"a {budget.kind} budget needs a hardware target; pass --target (e.g. --target x86_64)"
         )
-    try:
-        from dnsrec_edge.cost.calibrated import load_cost_model
-    except ImportError as err:
-        raise BudgetError(
-            f"{budget.kind} budgets need the calibrated cost model, which this install lacks "
-            f"({err}); use a flops budget"
-        ) from err
+    from dnsrec_edge.cost.calibrated import load_cost_model
+
     return load_cost_model(target, calibration_dir), target
 
 
-def check_budget(table: CostTable, budget: Budget) -> tuple[float, float]:
-    """``(limit, reference)``; ``BudgetError`` naming the cheapest cost if none can meet it."""
-    reference = table.reference()
+def default_baseline_arch(space: SearchSpace) -> ArchSpec:
+    """The baseline a ``%`` budget refers to when none is given: ``TrainConfig``'s SASRec
+    (2 blocks, 1 head, FFN as wide as the hidden size) at the space's items and length."""
+    return ArchSpec.uniform(space.n_items, space.max_len, space.hidden, depth=2, heads=1)
+
+
+def baseline_cost(cost_model: CostModel, baseline: ArchSpec, budget: Budget, target: Any) -> float:
+    """The baseline's predicted cost; ``BudgetError`` saying what to calibrate if there is none."""
+    reason = f"it has no {budget.kind} figure"
+    try:
+        value = cost_model.predict(baseline, target).get(budget.kind)
+    except KeyError:
+        value = None
+    except ValueError as err:
+        value, reason = None, str(err)
+    if value is None or not value > 0:
+        raise BudgetError(
+            f"the budget {budget} is a share of the baseline's {budget.kind}, which the cost "
+            f"model of target '{target}' cannot predict ({reason}); calibrate the target with "
+            f"'dnsrec-edge calibrate --target {target}' or give an absolute budget"
+        )
+    return float(value)
+
+
+def check_budget(
+    table: CostTable, budget: Budget, baseline: float | None = None
+) -> tuple[float, float]:
+    """``(limit, reference)``: the reference is the baseline's cost for a share of the
+    baseline, else the full supernet's; ``BudgetError`` naming the cheapest cost if no
+    architecture can meet the limit."""
+    reference = baseline if budget.relative_to == "baseline" else table.reference()
     limit = budget.limit(reference)
     cheapest, cost = table.cheapest()
     if cost > limit:
         arch = table.space.arch(cheapest)
         blocks = ", ".join(f"{b.heads} head(s) FFN {b.ffn}" for b in arch.blocks)
+        of = "the baseline" if budget.relative_to == "baseline" else "the full supernet"
         raise BudgetError(
             f"no architecture in the search space meets the budget {budget} "
             f"({_fmt(limit, budget)}); the cheapest reachable costs {_fmt(cost, budget)} "
-            f"({100 * cost / reference:.1f}% of the full supernet: depth {arch.depth}, {blocks}); "
+            f"({100 * cost / reference:.1f}% of {of}: depth {arch.depth}, {blocks}); "
             f"raise the budget to at least that"
         )
     return limit, reference
@@ -134,12 +161,19 @@ def search(
     calibration_dir: str | Path | None = None,
     force: bool = False,
     quiet: bool = False,
+    baseline: ArchSpec | None = None,
+    baseline_valid: float | None = None,
+    measure: Measure | None = None,
+    front_size: int = 8,
 ) -> SearchResult:
     """Search the architecture that fits ``budget``; write the run folder ``out_dir``.
 
     ``dataset`` is a :class:`Dataset`, a registered name or a file; ``budget`` e.g.
-    ``"flops=25%"``, ``"latency=1.5ms"`` (with ``target``), ``"energy=2mJ"``. ``space``
-    defaults to 4 blocks, hidden 64, heads 4/2/1 x 16, FFN 256/128/64, data-aware gates.
+    ``"latency=25%"`` (a share of the ``baseline``'s latency on ``target``), ``"flops=30M"``,
+    ``"energy=2mJ"``. ``baseline`` defaults to :func:`default_baseline_arch`;
+    ``baseline_valid`` (its validation NDCG@10) turns on the warm-up rule; ``measure`` (see
+    :mod:`search.front`) adds measured latency shares to the front. ``space`` defaults to 4
+    blocks, hidden 64, heads 4/2/1 x 16, FFN 256/128/64, data-aware gates.
     """
     config = config or SearchConfig()
     budget = parse_budget(budget) if isinstance(budget, str) else budget
@@ -153,99 +187,149 @@ def search(
         )
     cost_model, target_arg = budget_cost_model(budget, target, config.max_len, calibration_dir)
     table = CostTable.build(space, cost_model, budget.kind, target_arg)
-    limit, reference = check_budget(table, budget)  # fail before any training
+    baseline = baseline or default_baseline_arch(space)
+    base_cost = None
+    if budget.relative_to == "baseline":
+        base_cost = baseline_cost(cost_model, baseline, budget, target_arg)
+    limit, reference = check_budget(table, budget, base_cost)  # fail before any training
     out = prepare_out_dir(out_dir, force)
     set_threads(config.threads)
     torch.manual_seed(config.seed)
     model = Supernet(space, config.dropout, config.shared_alpha, config.gumbel)
     log.info(
-        "search on %s: budget %s = %s (full supernet %s), %d epochs, penalty %s",
+        "search on %s: budget %s = %s (%s %s), %d epochs, penalty %s",
         dataset.name,
         budget,
         _fmt(limit, budget),
+        "baseline" if budget.relative_to == "baseline" else "full supernet",
         _fmt(reference, budget),
         config.epochs,
         config.penalty,
     )
     meta = {"dataset_name": dataset.name, "budget": str(budget), "target": target}
-    best_state: dict[str, torch.Tensor] = {}
 
     def on_epoch(record: dict[str, Any], improved: bool) -> None:
         record["budget_limit"] = limit
         append_jsonl(out / "search_log.jsonl", record)
-        if improved:
-            best_state.update({k: v.detach().clone() for k, v in model.state_dict().items()})
-            save_checkpoint(
-                out / "supernet.pt", model, dataset.fingerprint, meta | {"epoch": record["epoch"]}
-            )
 
     t0 = time.perf_counter()
-    loop = run_search(model, dataset, table, limit, config, on_epoch=on_epoch, quiet=quiet)
-    seconds = time.perf_counter() - t0
-    best = loop.best
-    model.load_state_dict(best_state)  # the supernet of the selected epoch, as in supernet.pt
+    loop = run_search(
+        model, dataset, table, limit, config, on_epoch, quiet, baseline_valid=baseline_valid
+    )
+    visited = [(f"epoch {e.epoch}", e.choice) for e in loop.epochs]
+    share = budget.value if budget.relative_to == "baseline" and budget.kind == "latency" else None
     model.eval()
-    arch = space.arch(best.choice)
+    front = score_front(
+        model,
+        dataset,
+        table,
+        limit,
+        config.max_len,
+        front_size,
+        visited,
+        measure,
+        config.eval_batch_size,
+    )
+    chosen = pick(front, limit, share)
+    if chosen is None:
+        cheapest = min(p.measured_share for p in front if p.measured_share is not None)
+        raise BudgetError(
+            f"no architecture on the front meets the budget {budget} when measured: the "
+            f"cheapest measured {100 * cheapest:.0f}% of the baseline; raise the budget"
+        )
+    seconds = time.perf_counter() - t0
+    arch = space.arch(chosen.choice)
     exact = float(cost_model.predict(arch, target_arg).get(budget.kind))
     if exact > limit:  # only for cost models that do not add up per block
         raise BudgetError(
             f"the selected architecture costs {_fmt(exact, budget)} under the cost model, over the "
             f"budget {_fmt(limit, budget)}, although its per-block estimate fits; raise the budget"
         )
-    if not best.argmax_in_budget:
-        log.warning(
-            "the argmax architecture of epoch %d was over budget; selected the most probable "
-            "in-budget architecture instead",
-            best.epoch,
-        )
+    best = loop.best
+    save_checkpoint(out / "supernet.pt", model, dataset.fingerprint, meta | {"epoch": best.epoch})
+    atomic_write_json(out / "front.json", [p.to_dict() for p in front])
     atomic_write_text(out / "arch.json", arch.to_json())
     atomic_write_json(
         out / "run.json",
-        {
-            "schema": RUN_SCHEMA,
-            "tool_version": __version__,
-            "dataset": {
-                "name": dataset.name,
-                "fingerprint": dataset.fingerprint,
-                "source": dataset.settings.get("source"),
-                "min_count": dataset.settings.get("min_count"),
-            },
-            "budget": {
-                "text": str(budget),
-                "kind": budget.kind,
-                "value": budget.value,
-                "relative": budget.relative,
-                "limit": limit,
-                "unit": budget.unit,
-            },
-            "target": target,
-            "cost_model": type(cost_model).__name__,
-            "reference_cost": reference,
-            "space": space.to_dict(),
-            "config": asdict(config),
-            "selected": {
-                "choice": asdict(best.choice),
-                "cost": exact,
-                "share": exact / reference,
-                "epoch": best.epoch,
-                "argmax_in_budget": best.argmax_in_budget,
-                "valid": best.valid,
-            },
-            "search_seconds": round(seconds, 2),
-            "threads": torch.get_num_threads(),
-        },
+        run_record(
+            dataset,
+            budget,
+            limit,
+            target,
+            cost_model,
+            reference,
+            table,
+            config,
+            loop,
+            chosen,
+            exact,
+            seconds,
+            baseline,
+            base_cost,
+        ),
     )
     return SearchResult(
         out,
         arch,
-        best.choice,
+        chosen.choice,
         budget,
         limit,
         exact,
         reference,
         best.epoch,
-        best.valid,
+        chosen.valid,
         best.argmax_in_budget,
         seconds,
         model,
+        front,
     )
+
+
+def run_record(
+    dataset: Dataset,
+    budget: Budget,
+    limit: float,
+    target: str | None,
+    cost_model: CostModel,
+    reference: float,
+    table: CostTable,
+    config: SearchConfig,
+    loop: LoopResult,
+    chosen: FrontPoint,
+    cost: float,
+    seconds: float,
+    baseline: ArchSpec,
+    base_cost: float | None,
+) -> dict[str, Any]:
+    """The ``run.json`` schema: dataset, budget, cost model, space, settings and the outcome."""
+    return {
+        "schema": RUN_SCHEMA,
+        "tool_version": __version__,
+        "dataset": {
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint,
+            "source": dataset.settings.get("source"),
+            "min_count": dataset.settings.get("min_count"),
+        },
+        "budget": budget.to_dict() | {"limit": limit},
+        "target": target,
+        "cost_model": type(cost_model).__name__,
+        "reference_cost": reference,
+        "baseline": {"arch": baseline.to_dict(), "cost": base_cost},
+        "supernet_cost": table.reference(),
+        "space": table.space.to_dict(),
+        "config": asdict(config),
+        "warmup": {"epochs": loop.warmup_epochs, "largest_valid_ndcg@10": loop.warmup_valid},
+        "selected": {
+            "choice": asdict(chosen.choice),
+            "cost": cost,
+            "share": cost / reference,
+            "measured_share": chosen.measured_share,
+            "epoch": loop.best.epoch,
+            "argmax_in_budget": loop.best.argmax_in_budget,
+            "valid": chosen.valid,
+            "sources": chosen.sources,
+        },
+        "search_seconds": round(seconds, 2),
+        "threads": torch.get_num_threads(),
+    }

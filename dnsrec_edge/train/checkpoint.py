@@ -28,7 +28,7 @@ from dnsrec_edge.models.sasrec import SASRec
 
 CHECKPOINT_FORMAT = 1
 # kind -> "module:Class" building that kind from its checkpoint config
-KINDS = {"supernet": "dnsrec_edge.models.supernet:Supernet"}
+KINDS = {"supernet": "dnsrec_edge.search.supernet:Supernet"}
 
 
 def save_checkpoint(
@@ -65,9 +65,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+    except OSError as err:
+        raise InputFileError(f"cannot read checkpoint '{path}' ({err.strerror or err})") from err
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        # torch's own message suggests weights_only=False, which would run the file's code
+        what = "is empty" if path.stat().st_size == 0 else "is damaged or of another kind"
         raise InputFileError(
-            f"cannot read checkpoint '{path}' ({str(err).splitlines()[0]}); it is damaged or not a dnsrec-edge checkpoint"
+            f"'{path}' is not a dnsrec-edge checkpoint (the file {what}); pass the model.pt "
+            "of a run folder"
         ) from err
     if not isinstance(payload, dict) or "state_dict" not in payload or "kind" not in payload:
         raise InputFileError(

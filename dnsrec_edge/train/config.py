@@ -13,6 +13,7 @@ from typing import Any
 
 from dnsrec_edge.errors import TrainConfigError
 from dnsrec_edge.models.archspec import NORM_KINDS as NORMS
+from dnsrec_edge.models.archspec import POSITION_LAYOUTS
 
 LOSSES = ("ce", "sampled", "bce")
 SCHEDULES = ("constant", "cosine")
@@ -44,12 +45,15 @@ class TrainConfig:
     heads: int = 1
     ffn: int | None = None  # FFN width; None: hidden, as in the SASRec paper
     norm: str = "pre"  # block kind: "pre" (pre-LayerNorm) or "query" (the SASRec paper's)
+    positions: str = "left_padded"  # or "start_anchored" (streaming; see models/streaming.py)
     dropout: float = 0.1
     ema: float = 0.0  # per-step decay of an average of the weights that is validated and kept
     eval_batch_size: int = 512
     max_minutes: float | None = None  # stop after the epoch that crosses this wall time
     device: str = "cpu"  # torch device that trains, e.g. "cuda"; results come back on the CPU
     precision: str = "fp32"  # "bf16": matmuls of the training steps in bfloat16 (autocast)
+    distill: float = 0.0  # weight of the KL to a teacher's softened scores (needs a teacher)
+    distill_temperature: float = 2.0  # softmax temperature of the distillation term
 
     def __post_init__(self) -> None:
         problems = []
@@ -59,6 +63,10 @@ class TrainConfig:
             problems.append(f"schedule '{self.schedule}' is not one of {', '.join(SCHEDULES)}")
         if self.norm not in NORMS:
             problems.append(f"norm '{self.norm}' is not one of {', '.join(NORMS)}")
+        if self.positions not in POSITION_LAYOUTS:
+            problems.append(
+                f"positions '{self.positions}' is not one of {', '.join(POSITION_LAYOUTS)}"
+            )
         if self.ffn is not None and self.ffn < 1:
             problems.append(f"ffn must be >= 1 (got {self.ffn})")
         if self.precision not in PRECISIONS:
@@ -76,6 +84,11 @@ class TrainConfig:
             problems.append(f"valid_share must be in (0, 1] (got {self.valid_share})")
         if not 0 <= self.crop <= 1:
             problems.append(f"crop must be in [0, 1] (got {self.crop})")
+        if not 0 <= self.distill <= 1 or self.distill_temperature <= 0:
+            problems.append(
+                f"distill must be in [0, 1] and distill_temperature > 0 (got {self.distill}, "
+                f"{self.distill_temperature})"
+            )
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
         if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):

@@ -78,6 +78,30 @@ def sequence_loss(
     raise ValueError(f"unknown loss {loss!r}; choose from {LOSSES}")
 
 
+def distilled_loss(
+    model: nn.Module,
+    teacher: nn.Module,
+    item_seq: torch.Tensor,
+    targets: torch.Tensor,
+    weight: float,
+    temperature: float,
+) -> torch.Tensor:
+    """``(1 - weight) * CE + weight * T^2 * KL(teacher_T || student_T)`` over the real positions.
+
+    Both models score the full catalogue; ``_T`` is the softmax at temperature ``T`` (Hinton
+    et al.'s soft targets; ``T^2`` keeps the term's gradient scale independent of ``T``). The
+    teacher runs without gradients in whatever mode it is in (eval: no dropout).
+    """
+    keep = targets != 0  # (B, T)
+    logits = model.score(model(item_seq)[keep])  # (N, n_items)
+    with torch.no_grad():
+        soft = F.log_softmax(teacher.score(teacher(item_seq)[keep]).float() / temperature, -1)
+    ce = F.cross_entropy(logits, targets[keep] - 1)
+    student = F.log_softmax(logits.float() / temperature, -1)
+    kl = F.kl_div(student, soft, log_target=True, reduction="batchmean")
+    return (1.0 - weight) * ce + weight * temperature**2 * kl
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of ``h @ weight.T``, its gradient computed chunk by chunk in forward.
 

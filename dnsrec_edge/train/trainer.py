@@ -27,7 +27,7 @@ from torch import nn
 
 from dnsrec_edge.data.batching import count_batches, train_batches
 from dnsrec_edge.data.dataset import Dataset
-from dnsrec_edge.errors import CheckpointMismatch, InputFileError, OutputExists
+from dnsrec_edge.errors import CheckpointMismatch, InputFileError, OutputExists, TrainConfigError
 from dnsrec_edge.evaluate import PROTOCOLS, evaluate
 from dnsrec_edge.fsio import append_jsonl, atomic_write_bytes, atomic_write_json
 from dnsrec_edge.models.archspec import ArchSpec
@@ -35,7 +35,7 @@ from dnsrec_edge.models.sasrec import SASRec
 from dnsrec_edge.progress import track
 from dnsrec_edge.train.checkpoint import save_checkpoint
 from dnsrec_edge.train.config import TrainConfig
-from dnsrec_edge.train.losses import sequence_loss
+from dnsrec_edge.train.losses import distilled_loss, sequence_loss
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,12 @@ def train_model(
     quiet: bool = False,
     on_batch: Callable[[BatchInfo], None] | None = None,
     resume: bool = False,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset``; early-stop on valid NDCG@10 (full ranking); restore the best.
+
+    With a ``teacher`` and ``config.distill > 0`` the loss mixes the cross-entropy with the KL
+    to the teacher's softened full-catalogue scores (:func:`losses.distilled_loss`).
 
     With ``out_dir``, each epoch rewrites ``last.pt`` and appends to ``history.jsonl``, and a
     better epoch rewrites ``model.pt``; ``resume`` continues from ``last.pt``. Training runs
@@ -114,6 +118,10 @@ def train_model(
     threads = set_threads(config.threads)
     device = torch.device(config.device)
     model.to(device)
+    if config.distill > 0 and teacher is None:
+        raise TrainConfigError("distill > 0 needs a teacher model; pass the trained baseline")
+    if teacher is not None:
+        teacher.to(device).eval()
     out = Path(out_dir) if out_dir is not None else None
     holdout = validation_holdout(dataset, config)
     valid_set = validation_users(dataset, holdout)
@@ -122,18 +130,7 @@ def train_model(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
-    state = {
-        "epoch": 0,
-        "best_ndcg": -1.0,
-        "best_epoch": 0,
-        "best_valid": {},
-        "bad_epochs": 0,
-        "seconds": 0.0,
-        "history": [],
-        "best_state": None,
-        "stopped": "",
-        "ema": None,  # exponential moving average of the weights (config.ema > 0)
-    }
+    state = _initial_state()
     if resume and out is not None:
         state = _restore(out / "last.pt", model, optimizer, scheduler, dataset, state, device)
         log.info(
@@ -142,54 +139,30 @@ def train_model(
     log_q = _log_q(dataset, config)
     if config.ema > 0 and state["ema"] is None:
         state["ema"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    ema_pairs = _ema_pairs(model, state["ema"])
-    extra = {
-        "dataset_name": dataset.name,
-        "min_count": dataset.settings.get("min_count"),
-        "dataset_source": dataset.settings.get("source", {}),
-        "max_len": config.max_len,
-        "train_config": asdict(config),
-    }
+    loop = _Loop(
+        model,
+        teacher,
+        dataset,
+        config,
+        device,
+        holdout,
+        steps_per_epoch,
+        optimizer,
+        scheduler,
+        log_q,
+        _ema_pairs(model, state["ema"]),
+        on_batch,
+        quiet,
+    )
+    extra = _checkpoint_extra(dataset, config)
     start_seconds = state["seconds"]
     t0 = time.perf_counter()
     step = state["epoch"] * steps_per_epoch
     while state["epoch"] < config.epochs and state["stopped"] == "":
         epoch = state["epoch"] + 1
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        model.train()
-        losses = []
-        for item_seq, targets in track(
-            _batches(dataset, config, epoch, holdout),
-            f"epoch {epoch}",
-            total=steps_per_epoch,
-            quiet=quiet,
-        ):
-            item_seq, targets = item_seq.to(device), targets.to(device)
-            with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
-                loss = sequence_loss(
-                    model, item_seq, targets, config.loss, config.negatives, log_q, generator
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if ema_pairs:
-                _ema_update(ema_pairs, min(config.ema, (1 + step) / (10 + step)))
-            losses.append(loss.item())
-            if on_batch is not None:
-                on_batch(BatchInfo(epoch, step, losses[-1], model))
+        losses, step = _train_epoch(loop, epoch, step)
         live = _swap_in(model, state["ema"])  # validate (and keep) the averaged weights
-        valid = evaluate(
-            model.predict,
-            valid_set,
-            "valid",
-            config.max_len,
-            protocols=("full",),
-            batch_size=config.eval_batch_size,
-            trim=True,  # models trained here accept T < max_len
-        )["full"]
+        valid = _validate(model, valid_set, config)
         seconds = start_seconds + time.perf_counter() - t0
         record = {
             "epoch": epoch,
@@ -198,22 +171,7 @@ def train_model(
             "seconds": round(seconds, 2),
             **{f"valid_{k}": v for k, v in valid.items()},
         }
-        state["history"].append(record)
-        state["epoch"], state["seconds"] = epoch, seconds
-        improved = valid["ndcg@10"] > state["best_ndcg"]
-        if improved:
-            state.update(
-                best_ndcg=valid["ndcg@10"], best_epoch=epoch, best_valid=valid, bad_epochs=0
-            )
-            state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
-        if state["bad_epochs"] >= config.patience:
-            state["stopped"] = "patience"
-        elif config.max_minutes is not None and seconds >= config.max_minutes * 60:
-            state["stopped"] = "time"
-        elif epoch >= config.epochs:
-            state["stopped"] = "epochs"
+        improved = _end_epoch(state, record, valid, seconds, model, config)
         if not quiet:
             log.info(
                 "epoch %d loss %.4f valid ndcg@10 %.4f hr@10 %.4f (%.0f s)%s",
@@ -233,6 +191,8 @@ def train_model(
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     model.to("cpu").eval()
+    if teacher is not None:
+        teacher.to("cpu")
     log.debug("trained with %d threads", threads)
     return TrainResult(
         model=model,
@@ -244,6 +204,140 @@ def train_model(
         out_dir=out,
         stopped=state["stopped"] or "epochs",
     )
+
+
+@dataclass
+class _Loop:
+    """What every epoch of one :func:`train_model` run uses."""
+
+    model: nn.Module
+    teacher: nn.Module | None
+    dataset: Dataset
+    config: TrainConfig
+    device: torch.device
+    holdout: np.ndarray | None
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    log_q: torch.Tensor | None
+    ema_pairs: list[tuple[torch.Tensor, torch.Tensor]]
+    on_batch: Callable[[BatchInfo], None] | None
+    quiet: bool
+
+
+def _initial_state() -> dict[str, Any]:
+    """The resumable state of a run before its first epoch (``last.pt`` holds it later)."""
+    return {
+        "epoch": 0,
+        "best_ndcg": -1.0,
+        "best_epoch": 0,
+        "best_valid": {},
+        "bad_epochs": 0,
+        "seconds": 0.0,
+        "history": [],
+        "best_state": None,
+        "stopped": "",
+        "ema": None,  # exponential moving average of the weights (config.ema > 0)
+    }
+
+
+def _checkpoint_extra(dataset: Dataset, config: TrainConfig) -> dict[str, Any]:
+    """What ``model.pt`` says about its data and settings (``evaluate`` reads it back)."""
+    return {
+        "dataset_name": dataset.name,
+        "min_count": dataset.settings.get("min_count"),
+        "dataset_source": dataset.settings.get("source", {}),
+        "max_len": config.max_len,
+        "train_config": asdict(config),
+    }
+
+
+def _train_epoch(loop: _Loop, epoch: int, step: int) -> tuple[list[float], int]:
+    """One pass over the training batches; the batch losses and the step count after it."""
+    config, model = loop.config, loop.model
+    torch.manual_seed(config.seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    model.train()
+    losses = []
+    for item_seq, targets in track(
+        _batches(loop.dataset, config, epoch, loop.holdout),
+        f"epoch {epoch}",
+        total=loop.steps_per_epoch,
+        quiet=loop.quiet,
+    ):
+        item_seq, targets = item_seq.to(loop.device), targets.to(loop.device)
+        with torch.autocast(loop.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+            loss = _batch_loss(loop, item_seq, targets, generator)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loop.scheduler.step()
+        step += 1
+        if loop.ema_pairs:
+            _ema_update(loop.ema_pairs, min(config.ema, (1 + step) / (10 + step)))
+        losses.append(loss.item())
+        if loop.on_batch is not None:
+            loop.on_batch(BatchInfo(epoch, step, losses[-1], model))
+    return losses, step
+
+
+def _batch_loss(
+    loop: _Loop, item_seq: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """The task loss of one batch, distilled from the teacher when the run has one."""
+    config = loop.config
+    if loop.teacher is not None and config.distill > 0:
+        return distilled_loss(
+            loop.model,
+            loop.teacher,
+            item_seq,
+            targets,
+            config.distill,
+            config.distill_temperature,
+        )
+    return sequence_loss(
+        loop.model, item_seq, targets, config.loss, config.negatives, loop.log_q, generator
+    )
+
+
+def _validate(model: nn.Module, valid_set: Dataset, config: TrainConfig) -> dict[str, float]:
+    """Full-ranking metrics on the validation users (what early stopping reads)."""
+    return evaluate(
+        model.predict,
+        valid_set,
+        "valid",
+        config.max_len,
+        protocols=("full",),
+        batch_size=config.eval_batch_size,
+        trim=True,  # models trained here accept T < max_len
+    )["full"]
+
+
+def _end_epoch(
+    state: dict[str, Any],
+    record: dict[str, Any],
+    valid: dict[str, float],
+    seconds: float,
+    model: nn.Module,
+    config: TrainConfig,
+) -> bool:
+    """Add the epoch to ``state`` (history, best weights, why to stop); whether it improved."""
+    epoch = record["epoch"]
+    state["history"].append(record)
+    state["epoch"], state["seconds"] = epoch, seconds
+    improved = valid["ndcg@10"] > state["best_ndcg"]
+    if improved:
+        state.update(best_ndcg=valid["ndcg@10"], best_epoch=epoch, best_valid=valid, bad_epochs=0)
+        state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        state["bad_epochs"] += 1
+    if state["bad_epochs"] >= config.patience:
+        state["stopped"] = "patience"
+    elif config.max_minutes is not None and seconds >= config.max_minutes * 60:
+        state["stopped"] = "time"
+    elif epoch >= config.epochs:
+        state["stopped"] = "epochs"
+    return improved
 
 
 def _ema_pairs(model: nn.Module, ema: dict | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -376,6 +470,7 @@ def baseline_arch(dataset: Dataset, config: TrainConfig) -> ArchSpec:
         config.heads,
         ffn=config.ffn,
         norm=config.norm,
+        positions=config.positions,
     )
 
 

@@ -2,9 +2,8 @@
 
 Each sampled architecture is built as a SASRec with random weights (latency does not depend
 on the weights), exported to ONNX at batch 1, compiled for the target with its default build
-(no tuning) and benchmarked; ``benchmark`` appends each measurement to the store. The model
-is then fitted on every record of the board and saved with its held-out error, beside the
-roofline prior's and the best FLOPs-only model's, and a predicted-vs-measured plot.
+(no tuning) and benchmarked; ``benchmark`` appends each measurement to the store. The
+model is then fitted on every record (``dnsrec_edge.cost.calibrate.fit_records``).
 
 Each measurement times single calls (``number=1``), so its ``min`` is the fastest call: the
 figure the code and the board determine. On a machine shared with other work the median
@@ -20,15 +19,14 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dnsrec_edge.cost.calibrated import CalibratedModel, TargetFacts, lookup_key
-from dnsrec_edge.cost.records import MODEL_FILE, board_key, load_records, store_dir
+from dnsrec_edge.cost.calibrate import CalibrationResult, check_model_file, fit_records
+from dnsrec_edge.cost.calibrated import TargetFacts, lookup_key
+from dnsrec_edge.cost.records import board_key, load_records
 from dnsrec_edge.cost.sampling import SearchSpace, sample_archs
 from dnsrec_edge.errors import CalibrationError, CompileError, OutputMismatch
 from dnsrec_edge.models.archspec import ArchSpec
@@ -36,36 +34,8 @@ from dnsrec_edge.progress import track
 
 log = logging.getLogger(__name__)
 
-PLOT_FILE = "heldout.png"
 WARMUP = 5  # calls before timing, per measurement
 REPEAT = 200  # single calls timed per measurement
-
-
-@dataclass
-class CalibrationResult:
-    """What a calibration run or refit produced."""
-
-    target: str
-    model: CalibratedModel
-    model_path: Path
-    plot_path: Path | None
-    measured: int  # architectures measured in this run
-    skipped: int  # already measured on this board (resumed)
-    failed: list[str] = field(default_factory=list)  # one line per architecture that failed
-
-    def summary(self) -> str:
-        lines = [
-            f"target {self.target}: measured {self.measured} new architecture(s)"
-            + (f", {self.skipped} already measured" if self.skipped else "")
-            + (f", {len(self.failed)} failed" if self.failed else "")
-        ]
-        lines += [f"  failed: {line}" for line in self.failed]
-        records = len(self.model.meta.get("records", []))
-        lines.append(f"fitted on {records} record(s); " + self.model.describe())
-        lines.append(f"model: {self.model_path}")
-        if self.plot_path:
-            lines.append(f"plot:  {self.plot_path}")
-        return "\n".join(lines)
 
 
 def calibrate(
@@ -95,7 +65,7 @@ def calibrate(
     The model fits ``statistic`` ("min" or "median") of each measurement.
     """
     facts = TargetFacts.of(target)
-    _check_model_file(facts, calibration_dir)
+    check_model_file(facts, calibration_dir)
     measured = skipped = 0
     failed: list[str] = []
     if not refit:
@@ -114,51 +84,18 @@ def calibrate(
                 f"--samples and --rounds must be >= 1 (got {samples} and {rounds})"
             )
         archs = sample_archs(space or SearchSpace(), samples, seed=seed)
+        where = {"rpc": rpc, "tracker": tracker, "key": key, "threads": threads}
         measured, skipped, failed = _measure(
             archs,
             facts.name,
-            rpc=rpc,
-            tracker=tracker,
-            key=key,
+            where,
             rounds=rounds,
-            threads=threads,
             calibration_dir=calibration_dir,
             seed=seed,
             quiet=quiet,
         )
-    records = load_records(facts.name, calibration_dir)
-    model = CalibratedModel.prior(facts).fit(records, statistic=statistic)
-    path = model.save(calibration_dir)
-    plot = plot_heldout(model, path.parent / PLOT_FILE)
-    model.meta["source"] = str(path)
+    model, path, plot = fit_records(facts, calibration_dir, statistic)
     return CalibrationResult(facts.name, model, path, plot, measured, skipped, failed)
-
-
-def _check_model_file(facts: TargetFacts, calibration_dir: str | Path | None) -> None:
-    """Refuse to replace a store's model file that is not a cost model of this target.
-
-    A model of this target (of any age or feature set) is what a refit replaces.
-    """
-    path = store_dir(calibration_dir) / facts.name / MODEL_FILE
-    if not path.is_file():
-        return
-    try:
-        made_for = json.loads(path.read_text(encoding="utf-8")).get("target")
-    except (OSError, ValueError, AttributeError) as err:
-        raise CalibrationError(
-            f"'{path}' is not a readable cost model ({err}); it is not replaced: "
-            "move it away, then run calibrate again"
-        ) from err
-    if made_for != facts.name:
-        raise CalibrationError(
-            f"'{path}' is a cost model for target '{made_for}', not '{facts.name}'; it is not "
-            "replaced: move it away, then run calibrate again"
-        )
-
-
-def write_prior(target: Any, calibration_dir: str | Path | None = None) -> Path:
-    """Write the target's roofline/power prior as its ``model.json`` (kind "prior")."""
-    return CalibratedModel.prior(TargetFacts.of(target)).save(calibration_dir)
 
 
 def measure_architecture(
@@ -183,19 +120,10 @@ def measure_architecture(
     import statistics
 
     name = TargetFacts.of(target).name
+    where = {"rpc": rpc, "tracker": tracker, "key": key, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="dnsrec-measure-") as tmp:
         path = _compile_arch(arch, name, Path(tmp), seed)
-        reports = [
-            _bench(
-                path,
-                rpc=rpc,
-                tracker=tracker,
-                key=key,
-                threads=threads,
-                calibration_dir=calibration_dir,
-            )
-            for _ in range(rounds)
-        ]
+        reports = [_bench(path, where, calibration_dir) for _ in range(rounds)]
     values = [r.boards[0].latency_ms()[statistic] for r in reports]
     return min(values) if statistic == "min" else statistics.median(values)
 
@@ -216,16 +144,14 @@ def _compile_arch(arch: ArchSpec, target: str, folder: Path, seed: int) -> Path:
     return Path(artifact.path)
 
 
-def _bench(path: Path, *, rpc, tracker, key, threads, calibration_dir):
-    """One measurement of ``REPEAT`` single calls, recorded in the store; the BenchReport."""
+def _bench(path: Path, where: dict[str, Any], calibration_dir: str | Path | None):
+    """One measurement of ``REPEAT`` single calls on the board ``where`` names (``rpc``,
+    ``tracker``, ``key``, ``threads``), recorded in the store; the BenchReport."""
     from dnsrec_edge.bench.run import benchmark
 
     return benchmark(
         path,
-        rpc=rpc,
-        tracker=tracker,
-        key=key,
-        threads=threads,
+        **where,
         warmup=WARMUP,
         repeat=REPEAT,
         number=1,
@@ -234,9 +160,7 @@ def _bench(path: Path, *, rpc, tracker, key, threads, calibration_dir):
     )
 
 
-def _measure(
-    archs, target: str, *, rpc, tracker, key, rounds, threads, calibration_dir, seed, quiet
-):
+def _measure(archs, target: str, where: dict[str, Any], *, rounds, calibration_dir, seed, quiet):
     """Export and compile each architecture, then benchmark them all ``rounds`` times.
 
     Rounds interleave the architectures, so a burst of load on a shared machine spreads over
@@ -273,14 +197,7 @@ def _measure(
                     skipped += r == 0
                     continue
                 try:
-                    report = _bench(
-                        path,
-                        rpc=rpc,
-                        tracker=tracker,
-                        key=key,
-                        threads=threads,
-                        calibration_dir=calibration_dir,
-                    )
+                    report = _bench(path, where, calibration_dir)
                 except OutputMismatch as err:
                     failed.append(f"{_describe(arch)}: {err}")
                     log.warning("%s failed on the board: %s", _describe(arch), err)
@@ -300,58 +217,3 @@ def _measure(
 def _describe(arch) -> str:
     blocks = " ".join(f"{b.heads}h/{b.ffn}f/{b.gate_hidden}g/{b.attention[0]}" for b in arch.blocks)
     return f"items={arch.n_items} L={arch.max_len} [{blocks}]"
-
-
-def plot_heldout(model: CalibratedModel, path: Path) -> Path | None:
-    """Predicted (held-out) vs measured latency, with the prior's predictions, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from dnsrec_edge.fsio import atomic_write_bytes
-
-    preds = model.meta.get("predictions") or []
-    if not preds:
-        return None
-    meas = np.array([p["measured_ms"] for p in preds])
-    held = np.array([p["heldout_ms"] for p in preds])
-    prior = np.array([p["prior_ms"] for p in preds])
-    h, q = model.meta["heldout"], model.meta["prior_heldout"]
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
-    lo = min(meas.min(), held.min(), prior.min()) * 0.8
-    hi = max(meas.max(), held.max(), prior.max()) * 1.25
-    line = np.array([lo, hi])
-    ax.fill_between(line, line * 0.9, line * 1.1, color="0.9", label="±10 %")
-    ax.plot(line, line, color="0.5", lw=0.8)
-    ax.scatter(
-        meas,
-        held,
-        s=16,
-        label=f"calibrated, held out (MAPE {h['mape']:.1f} %, "
-        f"{100 * h['within10']:.0f} % within ±10 %)",
-    )
-    ax.scatter(
-        meas,
-        prior,
-        s=12,
-        marker="x",
-        color="tab:red",
-        label=f"roofline prior (MAPE {q['mape']:.0f} %)",
-    )
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlim=(lo, hi),
-        ylim=(lo, hi),
-        xlabel="measured latency (ms)",
-        ylabel="predicted latency (ms)",
-        title=f"{model.target}: {h['n']} architectures, batch {model.batch}",
-    )
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    with tempfile.TemporaryDirectory() as tmp:
-        fig.savefig(Path(tmp) / "plot.png")
-        plt.close(fig)
-        return atomic_write_bytes(path, (Path(tmp) / "plot.png").read_bytes())

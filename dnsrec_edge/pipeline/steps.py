@@ -8,24 +8,20 @@ modules (torch, TVM, ONNX) are imported inside the functions.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dnsrec_edge.errors import DataError, InputFileError, PipelineError, UnknownDataset
-from dnsrec_edge.flow.stages import StageContext
-from dnsrec_edge.fsio import atomic_write_json
+from dnsrec_edge.errors import DataError, InputFileError, UnknownDataset
+from dnsrec_edge.fsio import atomic_write_json, sha256_file
+from dnsrec_edge.pipeline.stages import StageContext
 
 log = logging.getLogger(__name__)
 
 MODELS = ("baseline", "dnsrec")
-HOST_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(
-    platform.machine().lower(), platform.machine().lower()
-)
 
 
 @dataclass
@@ -64,7 +60,7 @@ class Plan:
                     f"dataset file '{path}' does not exist; pass an existing file or a "
                     "registered name (ml-1m, ml-100k, ml-latest-small)"
                 )
-            return {"path": str(path.resolve()), "sha256": _sha256(path)}
+            return {"path": str(path.resolve()), "sha256": sha256_file(path)}
         from dnsrec_edge.data.registry import known_names
 
         if str(self.dataset) not in known_names():
@@ -93,14 +89,6 @@ class Plan:
         return self.load_dataset(ctx.quiet, ctx["data"].result["fingerprint"])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _metrics(model, dataset, max_len: int, part: str = "test", protocols=("full", "pop100")):
     from dnsrec_edge.evaluate import evaluate
 
@@ -108,9 +96,9 @@ def _metrics(model, dataset, max_len: int, part: str = "test", protocols=("full"
 
 
 def _size(arch) -> dict[str, Any]:
-    from dnsrec_edge.cost.analysis import analyze, param_count
+    from dnsrec_edge.cost.analysis import size
 
-    return {"params": param_count(arch), "flops": analyze(arch, 1).flops}
+    return size(arch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,36 +149,43 @@ def search_settings(plan: Plan) -> dict[str, Any]:
     }
     if budget.kind != "flops":
         settings |= {"target": plan.target, "cost_model": cost_model_id(plan)}
+    if budget.kind == "latency" and bench_mode(plan)[0] == "local":
+        settings["measure"] = "ort"  # the front's latency shares measured on this host
     return settings
+
+
+def bench_mode(plan: Plan, emulate: bool = False) -> tuple[str, str]:
+    """How the plan's target is benched (see ``bench.boards.bench_mode``), and a note."""
+    from dnsrec_edge.bench.boards import bench_mode
+
+    return bench_mode(plan.target, emulate, plan.rpc, plan.tracker)
 
 
 def cost_model_id(plan: Plan) -> str:
     """sha256 of the model file the target's cost model loads from, or "prior"."""
     from dnsrec_edge.compile.targets import load_target
-    from dnsrec_edge.cost.records import MODEL_FILE, store_folders
+    from dnsrec_edge.cost.records import model_id
 
-    name = load_target(plan.target).name
-    for folder in reversed(store_folders(name, plan.calibration_dir)):
-        if (folder / MODEL_FILE).is_file():
-            return _sha256(folder / MODEL_FILE)
-    return "prior"
+    return model_id(load_target(plan.target).name, plan.calibration_dir)
 
 
 def bench_options(plan: Plan) -> dict[str, Any]:
     """The preset's bench options; unless they fix ``threads``, the thread count the target's
     measured cost model was calibrated with, so measurement and prediction compare like with
     like (a prior model leaves the target's own count)."""
-    from dnsrec_edge.cost.calibrated import load_cost_model
+    from dnsrec_edge.cost.calibrate import calibrated_threads
 
     opts = dict(plan.settings["bench"])
     if opts.get("threads") is None:
-        model = load_cost_model(plan.target, plan.calibration_dir)
-        if model.kind == "measured" and model.meta.get("threads"):
-            opts["threads"] = int(model.meta["threads"])
+        threads = calibrated_threads(plan.target, plan.calibration_dir)
+        if threads is not None:
+            opts["threads"] = threads
     return opts
 
 
 def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
+    from dnsrec_edge.models.archspec import ArchSpec
+    from dnsrec_edge.search.candidates import evaluate_candidates
     from dnsrec_edge.search.loop import SearchConfig
     from dnsrec_edge.search.run import search
     from dnsrec_edge.search.space import SearchSpace
@@ -198,6 +193,13 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     ds = plan.dataset_for(ctx)
     config = SearchConfig(**ctx.settings["config"], threads=plan.threads)
     space = SearchSpace(ds.n_items, config.max_len, **ctx.settings["space"])
+    baseline = ctx["baseline"].result
+    measure = None
+    if ctx.settings.get("measure") == "ort":
+        from dnsrec_edge.export.ort_timing import ort_shares
+
+        base_arch = ArchSpec.from_dict(baseline["arch"])
+        measure = functools.partial(ort_shares, reference=base_arch, threads=1)
     res = search(
         ds,
         ctx.settings["budget"],
@@ -207,6 +209,10 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         space=space,
         calibration_dir=plan.calibration_dir,
         quiet=ctx.quiet,
+        baseline=ArchSpec.from_dict(baseline["arch"]),
+        baseline_valid=baseline["valid"]["ndcg@10"],
+        measure=measure,
+        front_size=ctx.settings["candidates"]["max"],
     )
     candidates = evaluate_candidates(
         ctx.out / "run", ds, config.max_len, ctx.settings["candidates"]["max"]
@@ -215,15 +221,11 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     return {
         "run": "run",
         "arch": res.arch.to_dict(),
-        "budget": {
-            "text": str(res.budget),
-            "kind": res.budget.kind,
-            "limit": res.limit,
-            "unit": res.budget.unit,
-            "value": res.budget.value,
-            "relative": res.budget.relative,
-        },
+        "budget": res.budget.to_dict() | {"limit": res.limit},
         "cost": res.cost,
+        "measured_share": next(
+            (p.measured_share for p in res.front if p.choice == res.choice), None
+        ),
         "share": res.share,
         "best_epoch": res.best_epoch,
         "valid": res.valid,
@@ -232,47 +234,6 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         "candidates": len(candidates),
         **_size(res.arch),
     }
-
-
-def evaluate_candidates(run_dir: Path, dataset, max_len: int, limit: int) -> list[dict]:
-    """Test NDCG@10 of the architectures the search visited (each epoch's pick and argmax),
-    with the supernet's weights of the selected epoch (inherited, not fine-tuned)."""
-    import torch
-
-    from dnsrec_edge.evaluate import evaluate
-    from dnsrec_edge.fsio import read_jsonl
-    from dnsrec_edge.search.space import Choice
-    from dnsrec_edge.train.checkpoint import load_checkpoint
-
-    supernet, _ = load_checkpoint(run_dir / "supernet.pt", dataset.fingerprint)
-    supernet.eval()
-    seen: dict[tuple, dict[str, Any]] = {}
-    for _, record, _raw in read_jsonl(run_dir / "search_log.jsonl"):
-        if record is None:
-            continue
-        for key in ("selected", "argmax"):
-            choice = Choice(record[key]["depth"], tuple(map(tuple, record[key]["blocks"])))
-            ident = (choice.depth, choice.blocks)
-            if ident not in seen and len(seen) < limit:
-                seen[ident] = {"label": f"epoch {record['epoch']} {key}", "choice": choice}
-    out = []
-    for item in seen.values():
-        choice = item.pop("choice")
-        with torch.no_grad(), supernet.selected(choice):
-            test = evaluate(supernet.predict, dataset, "test", max_len, protocols=("full",))
-        arch = supernet.space.arch(choice)
-        out.append(
-            {
-                **item,
-                "depth": choice.depth,
-                "blocks": [list(b) for b in choice.blocks],
-                "arch": arch.to_dict(),
-                "ndcg@10": test["full"]["ndcg@10"],
-                "hr@10": test["full"]["hr@10"],
-                **_size(arch),
-            }
-        )
-    return out
 
 
 def run_prune(plan: Plan, ctx: StageContext) -> dict[str, Any]:
@@ -297,16 +258,20 @@ def run_prune(plan: Plan, ctx: StageContext) -> dict[str, Any]:
 def run_finetune(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from dnsrec_edge.search.retrain import default_train_config, read_run
     from dnsrec_edge.train.checkpoint import load_checkpoint
     from dnsrec_edge.train.config import TrainConfig
     from dnsrec_edge.train.trainer import final_metrics, train_model
 
     ds = plan.dataset_for(ctx)
     model, _ = load_checkpoint(ctx["prune"].file("model.pt"), ds.fingerprint)
-    base = asdict(default_train_config(read_run(ctx["search"].file("run"))))
+    teacher, _ = load_checkpoint(
+        ctx["baseline"].file(ctx["baseline"].result["checkpoint"]), ds.fingerprint
+    )
+    # the baseline's own recipe and budget (epochs, schedule, early stopping), then the
+    # preset's subnet settings (distillation weight, temperature)
+    base = asdict(TrainConfig(**ctx.settings["baseline"]))
     config = TrainConfig.from_dict(base | ctx.settings["config"] | {"threads": plan.threads})
-    result = train_model(model, ds, config, ctx.out / "train", quiet=ctx.quiet)
+    result = train_model(model, ds, config, ctx.out / "train", quiet=ctx.quiet, teacher=teacher)
     both = final_metrics(result.model, ds, config, ("full", "pop100"))
     metrics, valid = both["test"], both["valid"]
     atomic_write_json(ctx.out / "metrics.json", {"test": metrics, "valid": valid})
@@ -352,8 +317,9 @@ def run_compile(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     """Compile both models for every target; an artifact already built in this run folder for
     the same ONNX bytes and target (e.g. the baseline, when only the budget changed) is
     reused from the run's compile cache after its checksums verify."""
-    from dnsrec_edge.compile.build import compile as tvm_compile
+    from dnsrec_edge.compile.cache import compile_cached
 
+    cache = ctx.out.parents[1] / "cache" / "compile"
     out: dict[str, Any] = {}
     for target in ctx.settings["targets"]:
         out[target] = {}
@@ -361,12 +327,7 @@ def run_compile(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         for name in MODELS:
             onnx_path = ctx["export"].file(ctx["export"].result[name]["onnx"])
             dest = ctx.out / target / name
-            cached = _compile_cache(ctx, onnx_path, target)
-            art = _reuse_artifact(cached, dest)
-            reused = art is not None
-            if art is None:
-                art = tvm_compile(onnx_path, target=target, out_dir=dest, batch=1, quiet=ctx.quiet)
-                _store_artifact(dest, cached)
+            art, reused = compile_cached(onnx_path, target, dest, cache, quiet=ctx.quiet)
             out[target][name] = {
                 "artifact": f"{target}/{name}",
                 "library_bytes": art.library.stat().st_size,
@@ -377,88 +338,16 @@ def run_compile(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     return out
 
 
-def _compile_cache(ctx: StageContext, onnx_path: Path, target: str) -> Path:
-    """``RUN/cache/compile/<sha256 of ONNX bytes, target, tool and TVM versions>``."""
-    import importlib.metadata
-
-    from dnsrec_edge import __version__
-
-    tvm = importlib.metadata.version("apache-tvm")
-    key = hashlib.sha256(
-        f"{_sha256(onnx_path)} {target} batch=1 {__version__} {tvm}".encode()
-    ).hexdigest()[:24]
-    return ctx.out.parents[1] / "cache" / "compile" / key
-
-
-def _reuse_artifact(cached: Path, dest: Path):
-    """A verified copy of the cached artifact at ``dest``, or ``None`` (then compile)."""
-    import shutil
-
-    from dnsrec_edge.compile.artifact import load_artifact
-    from dnsrec_edge.errors import DnsrecError
-
-    if not cached.is_dir():
-        return None
-    shutil.copytree(cached, dest)
-    try:
-        art = load_artifact(dest)  # every file's sha256 against the manifest
-    except DnsrecError as err:
-        log.warning("compile cache entry %s is damaged (%s); compiling again", cached, err)
-        shutil.rmtree(dest)
-        return None
-    log.info("reusing the artifact compiled earlier in this run from %s", cached)
-    return art
-
-
-def _store_artifact(dest: Path, cached: Path) -> None:
-    """Copy a fresh artifact into the run's compile cache (atomically: copy, then rename)."""
-    import shutil
-    import tempfile
-
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tmp-"))
-    shutil.copytree(dest, tmp, dirs_exist_ok=True)
-    try:
-        tmp.rename(cached)
-    except OSError:  # another entry landed first: keep it
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def bench_mode(
-    target_name: str, emulate: bool, rpc: str | None, tracker: str | None
-) -> tuple[str, str]:
-    """How the benched target is measured (local, rpc, tracker, emulate or none), and a note."""
-    from dnsrec_edge.compile.targets import load_target
-
-    target = load_target(target_name)
-    if emulate:
-        if target.arch != "aarch64":
-            raise PipelineError(
-                f"--emulate runs arm64 targets only, not {target.name} ({target.arch}); "
-                "pass --target arm64 or drop --emulate"
-            )
-        return "emulate", "emulated arm64 board (qemu-user on this host): not the board's timings"
-    if rpc:
-        return "rpc", f"board at {rpc}"
-    if tracker:
-        return "tracker", f"board from tracker {tracker}"
-    if target.arch == HOST_ARCH and target.device == "cpu":
-        return "local", f"this host ({HOST_ARCH})"
-    return "none", (
-        f"no board named for {target.name} ({target.arch}): compiled, not measured "
-        "(pass --rpc, --rpc-tracker or --emulate)"
-    )
-
-
 def run_bench(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     mode, note = ctx.settings["mode"], ctx.settings["note"]
     if mode == "none":
         return {"mode": mode, "note": note, "target": plan.target}
+    from dnsrec_edge.bench.boards import board
     from dnsrec_edge.bench.run import benchmark
 
     opts = dict(ctx.settings["options"])
     results = {}
-    with _board(plan, mode) as where:
+    with board(mode, plan.rpc, plan.tracker, plan.key) as where:
         for name in MODELS:
             artifact = ctx["compile"].file(ctx["compile"].result[plan.target][name]["artifact"])
             report = benchmark(
@@ -469,7 +358,7 @@ def run_bench(plan: Plan, ctx: StageContext) -> dict[str, Any]:
                 record=mode != "emulate",
                 calibration_dir=plan.calibration_dir,
             )
-            data = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+            data = report.to_dict()
             results[name] = {
                 k: data.get(k)
                 for k in (
@@ -484,55 +373,15 @@ def run_bench(plan: Plan, ctx: StageContext) -> dict[str, Any]:
                     "artifact_sha256",
                 )
             }
+    if mode == "local":  # the runtime users would pick instead, on the same ONNX files
+        from dnsrec_edge.export.ort_timing import time_onnx
+
+        paths = {name: ctx["export"].file(f"{name}.onnx") for name in MODELS}
+        threads = opts.get("threads") or 1
+        stats = time_onnx(list(paths.values()), threads=threads, repeat=opts.get("repeat", 30))
+        for name, path in paths.items():
+            results[name]["ort_latency_ms"] = stats[str(path)]
     return {"mode": mode, "note": note, "target": plan.target, **results}
-
-
-class _board:
-    """Context manager giving ``benchmark`` keyword arguments for the chosen board."""
-
-    def __init__(self, plan: Plan, mode: str):
-        self.plan, self.mode, self.emulator = plan, mode, None
-
-    def __enter__(self) -> dict[str, Any]:
-        if self.mode == "local":
-            return {}
-        if self.mode == "rpc":
-            return {"rpc": self.plan.rpc}
-        if self.mode == "tracker":
-            return {"tracker": self.plan.tracker, "key": self.plan.key}
-        from dnsrec_edge.bench.emulate import EmulatedBoard
-
-        self.emulator = EmulatedBoard("arm64", quiet=True).start()
-        return {"rpc": self.emulator.address}
-
-    def __exit__(self, *exc) -> None:
-        if self.emulator is not None:
-            self.emulator.stop()
-
-
-def _record_points(model, target: str, calibration_dir, limit: int = 300) -> list[dict]:
-    """Predicted vs measured latency (the model's statistic) of the target's batch-1 records."""
-    from dnsrec_edge.cost.records import load_records
-    from dnsrec_edge.errors import ArchSpecError
-    from dnsrec_edge.models.archspec import ArchSpec
-
-    points = []
-    for rec in load_records(target, calibration_dir)[-limit:]:
-        measured = (rec.get("latency_ms") or {}).get(model.statistic)
-        if not rec.get("arch") or rec.get("batch") != 1 or not measured:
-            continue
-        try:
-            arch = ArchSpec.from_dict(rec["arch"])
-        except ArchSpecError:
-            continue
-        points.append(
-            {
-                "kind": "record",
-                "predicted_ms": model.predict(arch).latency_ms,
-                "measured_ms": measured,
-            }
-        )
-    return points
 
 
 def run_calibrate(plan: Plan, ctx: StageContext) -> dict[str, Any]:
@@ -541,13 +390,14 @@ def run_calibrate(plan: Plan, ctx: StageContext) -> dict[str, Any]:
 
     Measured figures are the latency statistic the model predicts (``min`` or ``median``)."""
     from dnsrec_edge.compile.targets import load_target
+    from dnsrec_edge.cost.calibrate import record_points
     from dnsrec_edge.cost.calibrated import load_cost_model
     from dnsrec_edge.models.archspec import ArchSpec
 
     target = load_target(plan.target)
     bench = ctx["bench"].result
     if ctx.settings["refit"] and bench["mode"] not in ("none", "emulate"):
-        from dnsrec_edge.calibrate import calibrate
+        from dnsrec_edge.bench.calibrate import calibrate
 
         calibrate(target=target.name, refit=True, calibration_dir=plan.calibration_dir)
     model = load_cost_model(target, plan.calibration_dir)
@@ -564,7 +414,7 @@ def run_calibrate(plan: Plan, ctx: StageContext) -> dict[str, Any]:
                 "measured_ms": measured,
             }
         )
-    points += _record_points(model, target.name, plan.calibration_dir)
+    points += record_points(model, target.name, plan.calibration_dir)
     candidates = json.loads(ctx["search"].file("candidates.json").read_text(encoding="utf-8"))
     predicted = [model.predict(ArchSpec.from_dict(c["arch"])).latency_ms for c in candidates]
     result: dict[str, Any] = {

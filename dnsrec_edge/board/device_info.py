@@ -3,7 +3,7 @@
 Runs on the board: standard library and TVM only (no torch, no numpy needed). The RPC
 server started by ``dnsrec-edge device serve`` calls :func:`register` in its process, so a
 host asks the board itself (``device info --rpc HOST:PORT``); ``python -m
-dnsrec_edge.bench.device_info`` prints the same facts as JSON on the board.
+dnsrec_edge.board.device_info`` prints the same facts as JSON on the board.
 
 Registered functions (all take and return JSON text or plain numbers):
 
@@ -24,7 +24,8 @@ import socket
 import sys
 from typing import Any
 
-from dnsrec_edge.bench import probe
+from dnsrec_edge.board import probe
+from dnsrec_edge.hostinfo import host_arch
 
 EMULATED_ENV = "DNSREC_EDGE_EMULATED"  # set by `device emulate` to the emulator's name
 AGENT_FUNCTION = "dnsrec_edge.device_info"
@@ -118,7 +119,7 @@ def collect(root: str = "/") -> dict[str, Any]:
         available = None
     facts: dict[str, Any] = {
         "hostname": socket.gethostname(),
-        "arch": platform.machine(),
+        "arch": host_arch(),
         "os": platform.system(),
         "kernel": platform.release(),
         "cpu_model": cpu_model,
@@ -173,7 +174,7 @@ def set_threads(threads: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print this board's facts as JSON (``python -m dnsrec_edge.bench.device_info [ROOT]``)."""
+    """Print this board's facts as JSON (``python -m dnsrec_edge.board.device_info [ROOT]``)."""
     argv = sys.argv[1:] if argv is None else argv
     print(json.dumps(collect(argv[0] if argv else "/"), indent=2))
     return 0

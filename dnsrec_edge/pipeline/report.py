@@ -410,11 +410,15 @@ def accuracy_rows(data: Mapping[str, Any]) -> list[list[str]]:
 
 
 def target_rows(run: Mapping[str, Any]) -> list[list[str]]:
-    """Rows of one target's table: latency median and p99, energy with source, artifact size."""
+    """Rows of one target's table: TVM and (on this host) ONNX Runtime latency median and p99
+    on the same ONNX files, energy with source, artifact size."""
     base, dns = run.get("baseline") or {}, run.get("dnsrec") or {}
 
     def lat(m, q):
         return (m.get("latency_ms") or {}).get(q)
+
+    def ort(m, q):
+        return (m.get("ort_latency_ms") or {}).get(q)
 
     def energy(m):
         e = m.get("energy") or {}
@@ -426,8 +430,10 @@ def target_rows(run: Mapping[str, Any]) -> list[list[str]]:
 
     rows = []
     for name, getter, fmt in (
-        ("latency median (ms)", lambda m: lat(m, "median"), lambda v: _fmt(v, ".3f")),
-        ("latency p99 (ms)", lambda m: lat(m, "p99"), lambda v: _fmt(v, ".3f")),
+        ("TVM latency median (ms)", lambda m: lat(m, "median"), lambda v: _fmt(v, ".3f")),
+        ("TVM latency p99 (ms)", lambda m: lat(m, "p99"), lambda v: _fmt(v, ".3f")),
+        ("ONNX Runtime median (ms)", lambda m: ort(m, "median_ms"), lambda v: _fmt(v, ".3f")),
+        ("ONNX Runtime p99 (ms)", lambda m: ort(m, "p99_ms"), lambda v: _fmt(v, ".3f")),
         ("energy per inference (mJ)", energy, lambda v: _fmt(v, ".3f")),
         ("artifact library size", lambda m: m.get("library_bytes"), _bytes),
     ):

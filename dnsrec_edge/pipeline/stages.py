@@ -43,7 +43,7 @@ from typing import Any
 
 from dnsrec_edge import __version__
 from dnsrec_edge.errors import DnsrecError, OutputNotWritable, StageFailed, UnknownName
-from dnsrec_edge.fsio import atomic_write_json
+from dnsrec_edge.fsio import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,6 @@ def hash_json(obj: Any) -> str:
     """sha256 of the canonical JSON form of ``obj``."""
     text = json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _hash_outputs(folder: Path) -> dict[str, str]:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dnsrec_edge.bench import device_info
+from dnsrec_edge.board import device_info
 from dnsrec_edge.errors import DeviceError, DeviceUnreachable
+from dnsrec_edge.hostinfo import normalize_arch
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ CONNECT_ATTEMPTS = 3
 CONNECT_DELAY_S = 1.0
 PROBE_TIMEOUT_S = 5.0
 HANDSHAKE_TIMEOUT_S = 60.0  # a TVM server serves one session at a time; others queue
-ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64", "riscv": "riscv64"}
 
 
 def parse_address(text: str, option: str = "--rpc") -> tuple[str, int]:
@@ -36,11 +36,6 @@ def parse_address(text: str, option: str = "--rpc") -> tuple[str, int]:
             f"{option} '{text}' is not HOST:PORT; pass e.g. {option} 192.168.1.20:9090"
         )
     return host.strip("[]"), int(port)
-
-
-def normalize_arch(arch: str | None) -> str | None:
-    """``uname -m`` spelling of an architecture name (arm64 -> aarch64)."""
-    return None if arch is None else ARCH_ALIASES.get(arch.lower(), arch.lower())
 
 
 def _tcp_probe(host: str, port: int) -> str | None:

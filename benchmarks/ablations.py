@@ -1,0 +1,172 @@
+"""Ablations of DNS-Rec's search and subnet training, mean ± std over seeds (ml-100k default).
+
+Each seed reuses the embedded default run of ``benchmarks/default_run.py``
+(``runs/default-seed{S}``: its trained baseline and its search) and adds:
+
+- ``no-distill``: the default search's subnet, inherited, trained without distillation;
+- ``scratch``: the default search's architecture trained from scratch (the paper's retrain);
+- ``no-gates``, ``fixed-penalty``, ``shared-alpha``, ``no-warmup-rule`` (no sandwich rule, no
+  prolonged warm-up: the mixture's loss for one warm-up epoch): a new search with that one
+  change, then the default subnet training (inherited + distilled).
+
+Every subnet trains with the baseline's recipe and budget. Reported per variant and seed: test
+HR@10 / NDCG@10 / MRR@10 (full ranking), the share of the seed's baseline NDCG@10, the
+architecture, and its ONNX Runtime latency share of the baseline (batch 1, one thread, one
+interleaved run). Results: ``benchmarks/results/ablations.json``.
+
+    python benchmarks/ablations.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from dnsrec_edge.data.load import load_dataset
+from dnsrec_edge.export.ort_timing import ort_shares
+from dnsrec_edge.fsio import atomic_write_json
+from dnsrec_edge.models.archspec import ArchSpec
+from dnsrec_edge.pipeline.presets import DEFAULT_BUDGETS, PRESETS
+from dnsrec_edge.search.loop import SearchConfig
+from dnsrec_edge.search.retrain import retrain
+from dnsrec_edge.search.run import search
+from dnsrec_edge.search.space import SearchSpace
+from dnsrec_edge.train.checkpoint import load_checkpoint
+from dnsrec_edge.train.config import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+PRESET = PRESETS["short"]
+SEARCH_VARIANTS = {
+    "no-gates": ({}, {"gate_hidden": 0}),
+    "fixed-penalty": ({"penalty": "fixed"}, {}),
+    "shared-alpha": ({"shared_alpha": True}, {}),
+    "no-warmup-rule": ({"sandwich": False, "warmup_target": 0.0, "warmup_epochs": 1}, {}),
+}
+log = logging.getLogger("bench.ablations")
+
+
+def metrics_of(res) -> dict:
+    full = res.metrics["test"]["full"]
+    return {k: full[k] for k in ("hr@10", "ndcg@10", "mrr@10")}
+
+
+def one_seed(seed: int, variants: list[str], threads: int) -> dict:
+    run = ROOT / "runs" / f"default-seed{seed}" / "stages"
+    ds = load_dataset("ml-100k", quiet=True)
+    teacher_path = run / "baseline" / "train" / "model.pt"
+    teacher, _ = load_checkpoint(teacher_path, ds.fingerprint)
+    base_metrics = json.loads((run / "baseline" / "done.json").read_text())["result"]["test"]
+    base_ndcg = base_metrics["full"]["ndcg@10"]
+    base_valid = json.loads((run / "baseline" / "done.json").read_text())["result"]["valid"]
+    train = TrainConfig(**PRESET["baseline"], seed=seed, threads=threads)
+    distill = replace(train, **PRESET["finetune"])
+    out: dict[str, dict] = {}
+    default_run = run / "search" / "run"
+    work = ROOT / "runs" / f"ablations-seed{seed}"
+    jobs = []
+    if "no-distill" in variants:
+        jobs.append(("no-distill", default_run, "finetune", train))
+    if "scratch" in variants:
+        jobs.append(("scratch", default_run, "scratch", train))
+    for name, (cfg, space_kw) in SEARCH_VARIANTS.items():
+        if name not in variants:
+            continue
+        t0 = time.perf_counter()
+        config = SearchConfig(**{**PRESET["search"], **cfg}, seed=seed, threads=threads)
+        space = SearchSpace(ds.n_items, config.max_len, **space_kw)
+        res = search(
+            ds,
+            DEFAULT_BUDGETS["short"],
+            work / name,
+            "x86_64",
+            config=config,
+            space=space,
+            baseline=teacher.arch,
+            baseline_valid=base_valid["ndcg@10"],
+            measure=lambda archs: ort_shares(archs, teacher.arch),
+            force=True,
+            quiet=True,
+        )
+        log.info(
+            "seed %d %s: searched in %.0f s: %s", seed, name, time.perf_counter() - t0, res.arch
+        )
+        jobs.append((name, work / name, "distill", distill))
+    for name, run_dir, mode, config in jobs:
+        t0 = time.perf_counter()
+        res = retrain(
+            run_dir, mode, config=config, dataset=ds, force=True, quiet=True, teacher=teacher
+        )
+        arch = ArchSpec.load(Path(run_dir) / "arch.json")
+        m = metrics_of(res)
+        out[name] = {
+            **m,
+            "ndcg_share": m["ndcg@10"] / base_ndcg,
+            "arch": arch.to_dict(),
+            "ort_share": ort_shares([arch], teacher.arch)[0],
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        log.info(
+            "seed %d %s: NDCG@10 %.4f (%.3fx)", seed, name, m["ndcg@10"], out[name]["ndcg_share"]
+        )
+    return {
+        "baseline": {k: base_metrics["full"][k] for k in ("hr@10", "ndcg@10", "mrr@10")},
+        "variants": out,
+    }
+
+
+def summarise(per_seed: dict[int, dict]) -> dict:
+    names = sorted({v for s in per_seed.values() for v in s["variants"]})
+    summary = {}
+    for name in names:
+        shares = [
+            s["variants"][name]["ndcg_share"] for s in per_seed.values() if name in s["variants"]
+        ]
+        ndcg = [s["variants"][name]["ndcg@10"] for s in per_seed.values() if name in s["variants"]]
+        summary[name] = {
+            "seeds": len(shares),
+            "ndcg@10_mean": statistics.mean(ndcg),
+            "ndcg@10_std": statistics.stdev(ndcg) if len(ndcg) > 1 else None,
+            "ndcg_share_mean": statistics.mean(shares),
+            "ndcg_share_std": statistics.stdev(shares) if len(shares) > 1 else None,
+        }
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--variants", nargs="+", default=["no-distill", "scratch", *SEARCH_VARIANTS]
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    path = RESULTS / "ablations.json"
+    old = json.loads(path.read_text()) if path.exists() else {"per_seed": {}}
+    per_seed = {int(k): v for k, v in old.get("per_seed", {}).items()}
+    for seed in args.seeds:
+        result = one_seed(seed, args.variants, args.threads)
+        entry = per_seed.setdefault(seed, {"variants": {}})
+        entry["baseline"] = result["baseline"]
+        entry["variants"].update(result["variants"])
+        atomic_write_json(
+            path,
+            {
+                "dataset": "ml-100k",
+                "preset": "short",
+                "budget": DEFAULT_BUDGETS["short"],
+                "per_seed": per_seed,
+                "summary": summarise(per_seed),
+            },
+        )
+    print(json.dumps(summarise(per_seed), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The README's main command on a fresh run folder, per seed: accuracy, latency ratios, time.
+
+Runs ``dnsrec-edge pipeline --seed S --out runs/default-seedS`` (the embedded default:
+ml-100k, the short preset, benched on this host, plus an arm64 artifact) one seed after
+another, each in a fresh folder, and collects from each run: the baseline's and the subnet's
+full-ranking HR@10 / NDCG@10 / MRR@10 (test), their TVM latency (median, p99, from ``bench``)
+and their ONNX Runtime latency on the same ONNX files (interleaved, from ``bench``), the
+subnet's architecture, and the wall time of the whole command. Results:
+``benchmarks/results/default_run.json`` with per-seed figures and the mean ± std.
+
+    python benchmarks/default_run.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _done(run: Path, stage: str) -> dict:
+    return json.loads((run / "stages" / stage / "done.json").read_text())["result"]
+
+
+def one_seed(seed: int, keep: bool) -> dict:
+    run = ROOT / "runs" / f"default-seed{seed}"
+    if run.exists() and not keep:
+        shutil.rmtree(run)
+    cmd = [str(ROOT / ".venv" / "bin" / "dnsrec-edge"), "--quiet", "pipeline", "--seed", str(seed)]
+    cmd += ["--out", str(run)]
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    base, sub, bench = _done(run, "baseline"), _done(run, "finetune"), _done(run, "bench")
+    search = _done(run, "search")
+    keys = ("hr@10", "ndcg@10", "mrr@10")
+    entry = {
+        "seed": seed,
+        "wall_seconds": round(wall, 1),
+        "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg(),
+        "baseline": {k: base["test"]["full"][k] for k in keys},
+        "dnsrec": {k: sub["test"]["full"][k] for k in keys},
+        "arch": sub["arch"],
+        "budget": search["budget"],
+        "front_measured_share": search.get("measured_share"),
+        "stage_seconds": {
+            s: json.loads((run / "stages" / s / "done.json").read_text()).get("wall_seconds")
+            for s in ("baseline", "search", "prune", "finetune", "export", "compile", "bench")
+        },
+    }
+    entry["ndcg_share"] = entry["dnsrec"]["ndcg@10"] / entry["baseline"]["ndcg@10"]
+    for runtime, key, stat in (
+        ("tvm", "latency_ms", "median"),
+        ("ort", "ort_latency_ms", "median_ms"),
+    ):
+        b, d = bench["baseline"][key][stat], bench["dnsrec"][key][stat]
+        entry[f"{runtime}_ms"] = {"baseline": b, "dnsrec": d}
+        entry[f"{runtime}_share"] = d / b
+    return entry
+
+
+def _stats(values: list[float]) -> dict:
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--keep", action="store_true", help="resume existing run folders")
+    parser.add_argument("--note", default="", help="how the machine was shared during the runs")
+    args = parser.parse_args()
+    runs = [one_seed(s, args.keep) for s in args.seeds]
+    result = {
+        "command": "dnsrec-edge pipeline --seed S --out runs/default-seedS",
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "note": args.note,
+        "seeds": runs,
+        "summary": {
+            key: _stats([r[key] for r in runs])
+            for key in ("ndcg_share", "tvm_share", "ort_share", "wall_seconds")
+        }
+        | {
+            "baseline_ndcg@10": _stats([r["baseline"]["ndcg@10"] for r in runs]),
+            "dnsrec_ndcg@10": _stats([r["dnsrec"]["ndcg@10"] for r in runs]),
+        },
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS / "default_run.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(RESULTS / "default_run.json")
+    print(json.dumps(result["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

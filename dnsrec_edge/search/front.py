@@ -1,0 +1,131 @@
+"""Selection on the front: the most probable in-budget architectures, scored with shared weights.
+
+After the search, the ``k`` in-budget architectures the controllers find most probable (plus
+every architecture an epoch selected) are each scored in hard mode with the supernet's
+weights on the validation users. Each keeps its predicted cost and, when the caller can
+reach the target, its measured cost as a share of the baseline measured in the same run. The
+most accurate architecture whose predicted cost fits the limit and whose measured share (if
+any) fits the budget's share wins.
+
+Example::
+
+    front = score_front(supernet, dataset, table, limit, max_len=50, k=8)
+    best = pick(front)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from dnsrec_edge.data.dataset import Dataset
+from dnsrec_edge.evaluate import evaluate
+from dnsrec_edge.models.archspec import ArchSpec
+from dnsrec_edge.search.constraint import CostTable
+from dnsrec_edge.search.controllers import ArchController
+from dnsrec_edge.search.space import Choice
+from dnsrec_edge.search.supernet import Supernet
+
+# measure(archs) -> each arch's measured latency as a share of the baseline's, same run
+Measure = Callable[[list[ArchSpec]], list[float]]
+
+
+@dataclass
+class FrontPoint:
+    """One scored architecture of the front."""
+
+    choice: Choice
+    log_prob: float
+    cost: float  # predicted, in the budget's unit
+    valid: dict[str, float]
+    measured_share: float | None = None  # measured cost / the baseline's, when measured
+    sources: list[str] = field(default_factory=list)  # "probable", "epoch 3", ...
+
+    def fits(self, limit: float, share: float | None) -> bool:
+        """Predicted cost within ``limit`` and measured share (if any) within ``share``."""
+        if self.cost > limit:
+            return False
+        return share is None or self.measured_share is None or self.measured_share <= share
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def most_probable_in_budget(
+    controller: ArchController, table: CostTable, limit: float, k: int = 1
+) -> list[Choice]:
+    """The ``k`` in-budget architectures of highest probability under the controllers, most
+    probable first. Exhaustive over the space (every depth, every candidate pair per block),
+    vectorised."""
+    with torch.no_grad():
+        probs = controller.probs()
+        n_blocks, n_attn = probs.attn.shape
+        n_ffn = probs.ffn.shape[1]
+        # (N, A*F) log-probability of each candidate pair per block; pair p = a * F + f
+        pair_lp = (probs.attn.log()[:, :, None] + probs.ffn.log()[:, None, :]).reshape(n_blocks, -1)
+        depth_lp = probs.depth.log()
+    mid = table.mid.reshape(-1)  # (A*F,)
+    scored: list[tuple[float, Choice]] = []
+    for depth in range(1, n_blocks + 1):
+        lp, cost = depth_lp[depth - 1].double().reshape(1), torch.zeros(1, dtype=torch.float64)
+        for i in range(depth):  # grow the grid of all pair combinations of blocks 0..i
+            block_cost = table.last_of(depth).reshape(-1) if i == depth - 1 else mid
+            lp = (lp[:, None] + pair_lp[i].double()[None, :]).reshape(-1)
+            cost = (cost[:, None] + block_cost[None, :]).reshape(-1)
+        lp = lp.masked_fill(cost > limit, -float("inf"))
+        top = torch.topk(lp, min(k, lp.numel()))
+        for value, index in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            if value == -float("inf"):
+                break
+            pairs = np.unravel_index(index, (n_attn * n_ffn,) * depth)
+            scored.append((value, Choice(depth, tuple(divmod(int(p), n_ffn) for p in pairs))))
+    scored.sort(key=lambda pair: -pair[0])
+    return [choice for _, choice in scored[:k]]
+
+
+def score_front(
+    model: Supernet,
+    dataset: Dataset,
+    table: CostTable,
+    limit: float,
+    max_len: int,
+    k: int = 8,
+    visited: Iterable[tuple[str, Choice]] = (),
+    measure: Measure | None = None,
+    batch_size: int = 512,
+) -> list[FrontPoint]:
+    """Score the ``k`` most probable in-budget architectures and the ``visited`` ones (label,
+    choice) in hard mode on the validation users; ``measure`` adds measured shares."""
+    points: dict[Choice, FrontPoint] = {}
+    candidates = [
+        ("probable", c) for c in most_probable_in_budget(model.controller, table, limit, k)
+    ]
+    for label, choice in [*candidates, *visited]:
+        if choice not in points:
+            lp = model.controller.log_prob(choice)
+            points[choice] = FrontPoint(choice, lp, table.of(choice), {})
+        points[choice].sources.append(label)
+    model.eval()
+    for point in points.values():
+        with torch.no_grad(), model.selected(point.choice):
+            point.valid = evaluate(
+                model.predict, dataset, "valid", max_len, protocols=("full",), batch_size=batch_size
+            )["full"]
+    front = sorted(points.values(), key=lambda p: p.cost)
+    if measure is not None:
+        shares = measure([model.space.arch(p.choice) for p in front])
+        for point, share in zip(front, shares, strict=True):
+            point.measured_share = float(share)
+    return front
+
+
+def pick(front: list[FrontPoint], limit: float, share: float | None) -> FrontPoint | None:
+    """The most accurate point (validation NDCG@10) that fits; ties go to the cheaper one."""
+    fitting = [p for p in front if p.fits(limit, share)]
+    if not fitting:
+        return None
+    return max(fitting, key=lambda p: (p.valid["ndcg@10"], -p.cost))
