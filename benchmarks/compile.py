@@ -1,19 +1,27 @@
-"""Benchmark TVM builds against PyTorch eager and ONNX Runtime on this x86_64 host.
+"""Benchmark TVM builds against PyTorch eager and ONNX Runtime on this host (`--target host`).
 
-For the baseline SASRec and a smaller DNS-Rec-like subnet, at batch 1 and 64: latency medians
-measured side by side in one interleaved run (PyTorch eager, ONNX Runtime, TVM default build,
-TVM tuned), plus compile and tuning time. Writes benchmarks/results/compile.json.
+For the ml-1m baseline SASRec, a small searched subnet, a gated subnet, the README pipeline's
+ml-100k-sized baseline and a SASRec ONNX file this toolkit did not write (``torch.onnx.export``,
+``dynamo=False``), at batch 1 and 64: latency medians measured side by side in one interleaved
+run per thread count (TVM and ONNX Runtime on the same ONNX file with the same thread count,
+ONNX Runtime's ``intra_op_num_threads``), the per-kernel profile of both (TVM: the VM call
+instrument, ONNX Runtime: its own profiler), compile (and, with ``--trials``, tuning) time,
+and a check that TVM's scores match ONNX Runtime's on the benchmark inputs. Writes
+benchmarks/results/compile.json.
 
-    .venv/bin/python benchmarks/compile.py              # full run
-    .venv/bin/python benchmarks/compile.py --quick      # smoke run (tiny model, few trials)
+    .venv/bin/python benchmarks/compile.py              # full run, default builds
+    .venv/bin/python benchmarks/compile.py --trials 128 # also tuned builds
+    .venv/bin/python benchmarks/compile.py --quick      # smoke run (tiny model, batch 1)
+
+Weights are untrained (seeded): latency does not depend on them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -21,41 +29,99 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from dnsrec_edge.compile.artifact import set_threads
 from dnsrec_edge.compile.build import compile as compile_model
+from dnsrec_edge.compile.host import detect_host
+from dnsrec_edge.compile.profile import profile_onnxruntime, profile_tvm
 from dnsrec_edge.export.onnx_export import export_onnx
 from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 from dnsrec_edge.models.sasrec import SASRec
 
 RESULTS = Path(__file__).parent / "results" / "compile.json"
-# ml-1m after 5-core filtering has 3,416 items; baseline: hidden 64, 2 blocks, 4 heads, FFN 256.
+TARGET = "host"
+# ml-1m after 5-core filtering has 3,416 items.
 MODELS = {
-    "baseline": ArchSpec(3416, 200, 64, (BlockSpec(4, 16, 256), BlockSpec(4, 16, 256))),
-    # a DNS-Rec-style pruned subnet: fewer heads, narrower FFNs, data-aware gates kept
-    "subnet": ArchSpec(
+    # the ml-1m baseline recipe: 2 blocks, hidden 64, 1 head, FFN 256, max_len 200
+    "baseline": ArchSpec(3416, 200, 64, (BlockSpec(1, 64, 256), BlockSpec(1, 64, 256))),
+    # a small searched subnet: 1 block, 2 heads x 16, FFN 128
+    "subnet": ArchSpec(3416, 200, 64, (BlockSpec(2, 16, 128),)),
+    # a DNS-Rec-style pruned subnet with the data-aware gates kept
+    "subnet_gated": ArchSpec(
         3416, 200, 64, (BlockSpec(2, 16, 128, gate_hidden=16), BlockSpec(2, 16, 64, gate_hidden=16))
     ),
+    # the README's default pipeline baseline (ml-100k sized): 1 head of 64, FFN 64, max_len 50
+    "pipeline_baseline": ArchSpec(1349, 50, 64, (BlockSpec(1, 64, 64), BlockSpec(1, 64, 64))),
+    "foreign": "foreign",  # ForeignSASRec below, exported by torch.onnx.export directly
 }
 QUICK = {"tiny": ArchSpec(500, 50, 32, (BlockSpec(2, 16, 64), BlockSpec(2, 16, 64)))}
 
 
-def host_target() -> str:
-    """The widest x86_64 preset this CPU runs."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    if " avx512f" in flags:
-        return "x86_64-avx512"
-    if " avx2" in flags:
-        return "x86_64-avx2"
-    return "x86_64"
+class _ForeignBlock(nn.Module):
+    def __init__(self, d: int, heads: int, ffn: int):
+        super().__init__()
+        self.h = heads
+        self.ln1, self.qkv, self.proj = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ln2, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, ffn), nn.Linear(ffn, d)
+
+    def forward(self, x, mask):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.h, d // self.h).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.h) + mask  # (B, nh, T, T)
+        y = torch.softmax(att, dim=-1) @ v  # (B, nh, T, hs)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(torch.relu(self.fc1(self.ln2(x))))
+
+
+class ForeignSASRec(nn.Module):
+    """A SASRec as one writes it without this toolkit: packed QKV, an additive float causal
+    mask, every position through every block, scores against the transposed embedding."""
+
+    def __init__(self, n_items=3416, max_len=200, d=64, heads=1, ffn=256, blocks=2):
+        super().__init__()
+        self.n_items = n_items
+        self.item = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.pos = nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(_ForeignBlock(d, heads, ffn) for _ in range(blocks))
+        self.ln, self.d = nn.LayerNorm(d), d
+
+    def forward(self, seq):
+        b, t = seq.shape
+        x = self.item(seq) * math.sqrt(self.d) + self.pos(torch.arange(t))
+        x = x * (seq > 0).unsqueeze(-1).float()
+        mask = torch.triu(torch.full((t, t), -1e9), diagonal=1).view(1, 1, t, t)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln(x)[:, -1, :] @ self.item.weight.t()  # (B, n_items + 1)
+
+    predict = forward
+
+
+def _export(name: str, arch, work: Path):
+    torch.manual_seed(0)
+    if arch == "foreign":
+        model = ForeignSASRec().eval()
+        path = work / f"{name}.onnx"
+        torch.onnx.export(
+            model,
+            (torch.randint(1, model.n_items + 1, (1, 200)),),
+            str(path),
+            input_names=["item_seq"],
+            output_names=["scores"],
+            dynamic_axes={"item_seq": {0: "batch"}, "scores": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        return model, path, model.n_items, 200
+    model = SASRec(arch).eval()
+    return model, export_onnx(model, work / f"{name}.onnx"), arch.n_items, arch.max_len
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+    return detect_host().model or "unknown"
 
 
 def interleaved_medians(fns: dict, rounds: int, per_round: int) -> dict[str, float]:
@@ -73,29 +139,44 @@ def interleaved_medians(fns: dict, rounds: int, per_round: int) -> dict[str, flo
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
-def bench_model(name, arch, batches, trials, work: Path, rounds: int, tune_batches=(1, 64)) -> dict:
+def _inputs(n_items: int, batch: int, max_len: int) -> np.ndarray:
+    """ml-1m-like histories: item ids, each row left-padded to a random length."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, n_items + 1, (batch, max_len)).astype(np.int64)
+    for row in range(batch):
+        x[row, : rng.integers(0, max_len - 1)] = 0
+    return x
+
+
+def _match(got: np.ndarray, ref: np.ndarray) -> dict:
+    top = lambda s: np.argsort(-s, axis=-1, kind="stable")[:, :10]  # noqa: E731
+    return {
+        "max_abs_diff": float(np.max(np.abs(got - ref))),
+        "top10_identical": bool((top(got) == top(ref)).all()),
+    }
+
+
+def bench_model(name, arch, batches, trials, work: Path, rounds: int, threads_list) -> dict:
     import onnxruntime as ort
     import tvm
+    from tvm.runtime.vm import VirtualMachine
 
-    torch.manual_seed(0)
-    model = SASRec(arch).eval()
-    onnx_path = export_onnx(model, work / f"{name}.onnx")
-    target = host_target()
+    model, onnx_path, n_items, max_len = _export(name, arch, work)
     out = {}
     for batch in batches:
         key = f"b{batch}"
         t0 = time.perf_counter()
         default = compile_model(
-            onnx_path, target, work / f"{name}-{key}-default", batch=batch, quiet=True
+            onnx_path, TARGET, work / f"{name}-{key}-default", batch=batch, quiet=True
         )
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         tuned = (
             default
-            if batch not in tune_batches
+            if not trials
             else compile_model(
                 onnx_path,
-                target,
+                TARGET,
                 work / f"{name}-{key}-tuned",
                 batch=batch,
                 tune=True,
@@ -106,59 +187,73 @@ def bench_model(name, arch, batches, trials, work: Path, rounds: int, tune_batch
         )
         tuned_compile_s = time.perf_counter() - t0
 
-        rng = np.random.default_rng(0)
-        x = rng.integers(1, arch.n_items + 1, (batch, arch.max_len)).astype(np.int64)
+        x = _inputs(n_items, batch, max_len)
         xt = torch.from_numpy(x)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count()
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        per = 20 if batch == 1 else 3
         # PyTorch eager on its own and on one thread: with 2 OpenMP threads on 2 busy shared
         # cores it ran 100x slower here (barrier waits), which measures contention, not torch.
         torch.set_num_threads(1)
         with torch.no_grad():
             torch_ms = interleaved_medians(
-                {"torch": lambda xt=xt: model.predict(xt)}, rounds, 20 if batch == 1 else 3
+                {"torch": lambda xt=xt: model.predict(xt)}, rounds, per
             )["torch"]
-        fns = {
-            "torch": lambda xt=xt: model.predict(xt),
-            "ort": lambda s=session, x=x: s.run(None, {"item_seq": x}),
-        }
-        per_threads = {}
-        for threads in sorted({1, os.cpu_count()}):
+        per_threads, profiles, match = {}, {}, None
+        for threads in threads_list:
             set_threads(threads)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            session = ort.InferenceSession(
+                str(onnx_path), options, providers=["CPUExecutionProvider"]
+            )
             dvm, tvm_ = default.load_vm(), tuned.load_vm()
             xi = tvm.runtime.tensor(x, tvm.cpu())
-            fns_t = {
-                **fns,
+            ref = session.run(None, {"item_seq": x})[0]
+            match = _match(dvm["main"](xi).numpy(), ref)
+            fns = {
+                "ort": lambda s=session, x=x: s.run(None, {"item_seq": x}),
                 "tvm_default": lambda vm=dvm, xi=xi: vm["main"](xi),
-                "tvm_tuned": lambda vm=tvm_, xi=xi: vm["main"](xi),
             }
-            with torch.no_grad():
-                per_threads[threads] = interleaved_medians(fns_t, rounds, 20 if batch == 1 else 3)
+            if tuned is not default:
+                fns["tvm_tuned"] = lambda vm=tvm_, xi=xi: vm["main"](xi)
+            per_threads[threads] = interleaved_medians(fns, rounds, per)
+            prof_vm = VirtualMachine(tvm.runtime.load_module(str(default.library)), tvm.cpu())
+            profiles[str(threads)] = {
+                "tvm_default": profile_tvm(prof_vm, x, threads).to_dict(8),
+                "onnxruntime": profile_onnxruntime(onnx_path, x, threads).to_dict(8),
+            }
         best = min(per_threads, key=lambda t: per_threads[t]["tvm_default"])
         res = per_threads[best]
+        ratio = lambda r, k: round(r[k] / r["ort"], 3) if k in r else None  # noqa: E731
         out[key] = {
             "torch_ms": round(torch_ms, 4),
             "torch_threads": 1,
-            "torch_interleaved_ms": round(res["torch"], 4),
             "ort_ms": round(res["ort"], 4),
             "tvm_default_ms": round(res["tvm_default"], 4),
-            "tvm_tuned_ms": round(res["tvm_tuned"], 4) if tuned is not default else None,
+            "tvm_tuned_ms": round(res["tvm_tuned"], 4) if "tvm_tuned" in res else None,
             "tvm_threads": best,
-            "by_tvm_threads": {
-                str(t): {k: round(v, 4) for k, v in r.items()} for t, r in per_threads.items()
+            "by_threads": {
+                str(t): {
+                    **{k: round(v, 4) for k, v in r.items()},
+                    "default_vs_ort": ratio(r, "tvm_default"),
+                    "tuned_vs_ort": ratio(r, "tvm_tuned"),
+                }
+                for t, r in per_threads.items()
             },
-            "default_vs_ort": round(res["tvm_default"] / res["ort"], 3),
-            "tuned_vs_ort": round(res["tvm_tuned"] / res["ort"], 3)
-            if tuned is not default
-            else None,
+            "default_vs_ort": ratio(res, "tvm_default"),
+            "tuned_vs_ort": ratio(res, "tvm_tuned"),
+            "matches_onnxruntime": match,
             "trials": tuned.manifest["tuning"]["trials"],
             "tune_seconds": tuned.manifest["tuning"]["seconds"],
             "tuned_kernels_from_db": tuned.manifest["tuning"]["scheduled_funcs"],
             "compile_seconds": round(compile_s, 1),
-            "tuned_compile_seconds": round(tuned_compile_s, 1),
+            "tuned_compile_seconds": round(tuned_compile_s, 1) if trials else 0.0,
+            "target": default.manifest["target"],
+            "kernels": default.manifest["kernels"],
+            "profile": profiles,
         }
-        print(name, key, json.dumps(out[key]), flush=True)
+        brief = {k: v for k, v in out[key].items() if k not in ("profile", "by_threads")}
+        brief["by_threads"] = {t: r["default_vs_ort"] for t, r in out[key]["by_threads"].items()}
+        print(name, key, json.dumps(brief), flush=True)
     return out
 
 
@@ -166,34 +261,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, batch 1, 16 trials")
     parser.add_argument(
-        "--trials", type=int, default=128, help="MetaSchedule trials per model and batch"
+        "--trials", type=int, default=0, help="MetaSchedule trials per model and batch (0: none)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--models", default="baseline,subnet", help="comma-separated: baseline, subnet"
+        "--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}"
     )
-    parser.add_argument(
-        "--tune-batches", default="1,64", help="batch sizes to tune (others: default build only)"
-    )
+    parser.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     args = parser.parse_args()
     models = QUICK if args.quick else {k: MODELS[k] for k in args.models.split(",")}
-    tune_batches = {int(b) for b in args.tune_batches.split(",") if b}
-    batches = [1] if args.quick else [1, 64]
-    trials = 16 if args.quick else args.trials
+    batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
+    trials = 16 if args.quick and args.trials else args.trials
+    cpu = detect_host()
+    threads_list = sorted({1, cpu.cores})
     load_before = os.getloadavg()
     results = {}
     with tempfile.TemporaryDirectory(prefix="dnsrec-bench-") as tmp:
         for name, arch in models.items():
             results[name] = bench_model(
-                name, arch, batches, trials, Path(tmp), 3 if args.quick else 10, tune_batches
-            )
+                name, arch, batches, trials, Path(tmp), 3 if args.quick else args.rounds,
+                threads_list,
+            )  # fmt: skip
     report = {
-        "host": {"cpu": cpu_name(), "cores": os.cpu_count(), "target": host_target()},
+        "host": {
+            "cpu": cpu.model,
+            "cores": cpu.cores,
+            "target": TARGET,
+            "target_resolved": next(iter(next(iter(results.values())).values()))["target"],
+            "features": list(cpu.features),
+        },
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "note": "medians of interleaved runs on a shared machine; compare ratios within one run",
+        "note": "medians of interleaved runs (TVM and ONNX Runtime alternating, same ONNX file, "
+        "same thread count) on a machine shared with other jobs: compare ratios within one run. "
+        "Weights are untrained (seeded); latency does not depend on them. 'profile' is per "
+        "thread count: TVM kernels timed one by one with their real arguments (the rest is "
+        "'vm overhead'), ONNX Runtime from its own profiler (the rest is 'session overhead').",
+        "command": "bash -c '.venv/bin/python benchmarks/compile.py'",
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "models": results,
-        "archs": {k: v.to_dict() for k, v in models.items()},
+        "archs": {
+            k: (v.to_dict() if isinstance(v, ArchSpec) else "benchmarks/compile.py:ForeignSASRec")
+            for k, v in models.items()
+        },
     }
     atomic_write_json(args.out, report)
     print(f"wrote {args.out}")

@@ -107,7 +107,7 @@ def _check_finite(scores: torch.Tensor, users: np.ndarray, part: str) -> None:
     """NonFiniteScores for NaN or infinite scores: they would rank as nonsense, not fail."""
     bad = ~torch.isfinite(scores).all(dim=1)  # (B,)
     if bad.any():
-        first = int(users[int(bad.to_numpy().argmax())])
+        first = int(users[int(bad.numpy().argmax())])
         raise NonFiniteScores(
             f"the model returned NaN or infinite scores on the {part} inputs of "
             f"{int(bad.sum())} of {len(users)} users in a batch (first: user index {first}); "

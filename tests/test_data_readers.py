@@ -73,9 +73,7 @@ def test_distinct_ids_are_never_merged(tmp_path):
     """Ids beyond int64, or written with a leading zero, stay distinct strings."""
     big, bigger = str(10**30), str(10**30 + 1)
     path = tmp_path / "log.csv"
-    path.write_text(
-        f"user_id,item_id,timestamp\nu1,{big},1\nu1,{bigger},2\nu1,0302,3\nu1,302,4\n"
-    )
+    path.write_text(f"user_id,item_id,timestamp\nu1,{big},1\nu1,{bigger},2\nu1,0302,3\nu1,302,4\n")
     frame = read_interactions(path)
     assert frame["item"].tolist() == [big, bigger, "0302", "302"]
     assert build_dataset(frame, "ids", min_count=0).n_items == 4

@@ -264,3 +264,20 @@ def test_search_config_validation():
         SearchConfig(epochs=2, warmup_epochs=2)
     with pytest.raises(Exception, match="penalty 'soft' is not one of dynamic, fixed"):
         SearchConfig(penalty="soft")
+
+
+def test_a_baseline_share_needs_a_cost_model_that_predicts_the_baseline():
+    from dnsrec_edge.search.run import baseline_cost, default_baseline_arch
+
+    budget = parse_budget("latency=25%")
+    base = default_baseline_arch(SPACE)
+    assert base.depth == 2 and base.blocks[0].heads == 1 and base.hidden == SPACE.hidden
+    with pytest.raises(BudgetError) as err:
+        baseline_cost(FlopsModel(), base, budget, "rpi4")
+    assert str(err.value) == (
+        "the budget latency=25% is a share of the baseline's latency, which the cost model of "
+        "target 'rpi4' cannot predict (it has no latency figure); calibrate the target with "
+        "'dnsrec-edge calibrate --target rpi4' or give an absolute budget"
+    )
+    flops = parse_budget("flops=50%")
+    assert baseline_cost(FlopsModel(), base, flops, None) == FlopsModel().predict(base).flops

@@ -255,7 +255,7 @@ def test_compiled_step_session_and_bench(tmp_path):
     report = benchmark(artifact.path, threads=1, warmup=1, repeat=3, number=2, session_steps=12)
     data = report.to_dict()
     assert data["kind"] == "streaming" and data["max_abs_diff"] <= 1e-4
-    assert data["session"]["steps"] == 12 and data["session"]["reprimes"] == 2
+    assert data["session"]["steps"] == 12 and data["session"]["reprimes"] == 1
     with pytest.raises(NotStreaming, match="is not a streaming step model"):
         from dnsrec_edge.export.onnx_export import export_onnx
 
@@ -264,3 +264,19 @@ def test_compiled_step_session_and_bench(tmp_path):
             quiet=True,
         )  # fmt: skip
         StreamingSession.from_artifact(full.path)
+
+
+# --- cost ----------------------------------------------------------------------------------
+def test_step_work_is_one_position_plus_the_cache():
+    from dnsrec_edge.cost.analysis import analyze
+    from dnsrec_edge.cost.model import FlopsModel
+    from dnsrec_edge.cost.streaming import analyze_step, cache_bytes, predict_step
+
+    arch = ArchSpec(3416, 200, 64, (BlockSpec(1, 64, 256),) * 2, positions="start_anchored")
+    work = analyze_step(arch)
+    d, n, length, f = 64, 3416, 200, 256
+    per_block = 2 * (3 * d * d + 2 * length * d + d * d + 2 * d * f)
+    assert work.matmul_flops == 2 * per_block + 2 * d * n
+    assert work.matmul_flops < analyze(arch).matmul_flops / 10
+    assert cache_bytes(arch) == 2 * 2 * 4 * 200 * 64 == 204_800
+    assert predict_step(FlopsModel(), arch).flops == work.flops

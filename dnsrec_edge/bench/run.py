@@ -59,7 +59,8 @@ def _target_priors(name: str) -> tuple[tuple[float, float] | None, int | None]:
         log.info("no target preset for '%s' (%s): energy cannot be modelled", name, err)
         return None, None
     power = (float(target.idle_watts), float(target.active_watts)) if target.active_watts else None
-    return power, target.threads or None
+    # threads = "auto" presets (x86_64*, arm64) claim no core count: the board's own is used
+    return power, None if target.threads_auto else target.threads or None
 
 
 class _BoardRun:
@@ -99,6 +100,8 @@ class _BoardRun:
         threads = self.opts["threads"]
         if not threads and self.opts["target_threads"]:  # the target's count, if the board has it
             threads = rpc_mod.capped_threads(self.opts["target_threads"], facts)
+        elif not threads:  # an "auto" preset or none: the board's usable cores
+            threads = (facts or {}).get("cpus_available")
         self.result.threads = rpc_mod.set_threads(session, facts, threads)
         lib = Path(self.art.path) / "lib.so"
         name = f"dnsrec_{manifest['files']['lib.so'][:16]}.so"

@@ -35,6 +35,12 @@ from dnsrec_edge.cli.options import board_options, calibration_dir_option, threa
     is_flag=True,
     help="Measure and fit nothing: print the target's current cost model and its held-out error.",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result (with --show: the cost model) as JSON.",
+)
 @threads_option("tvm")
 @click.option(
     "--statistic",
@@ -72,6 +78,7 @@ def calibrate_cmd(
     show: bool,
     threads: int | None,
     statistic: str,
+    as_json: bool,
 ) -> None:
     """Calibrate a target's latency/energy model from measurements, or refit it from records.
 
@@ -84,7 +91,13 @@ def calibrate_cmd(
     if show:
         from dnsrec_edge.cost.calibrated import load_cost_model
 
-        click.echo(load_cost_model(target, calibration_dir).describe())
+        model = load_cost_model(target, calibration_dir)
+        if as_json:
+            import json
+
+            click.echo(json.dumps(model.to_dict(), indent=2))
+        else:
+            click.echo(model.describe())
         return
 
     result = calibrate(
@@ -102,7 +115,21 @@ def calibrate_cmd(
         statistic=statistic,
         quiet=ctx.obj.get("quiet", False),
     )
-    click.echo(result.summary())
+    if as_json:
+        import json
+
+        summary = {
+            "target": result.target,
+            "measured": result.measured,
+            "skipped": result.skipped,
+            "failed": result.failed,
+            "model_path": str(result.model_path),
+            "plot_path": str(result.plot_path) if result.plot_path else None,
+            "model": result.model.to_dict(),
+        }
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(result.summary())
 
 
 def register(group: click.Group) -> None:

@@ -16,8 +16,8 @@ from dnsrec_edge.cli.options import board_options, targets_dir_option
     "-t",
     "--target",
     default=None,
-    help="Target name or alias (see `dnsrec-edge targets list`) [default: this host's "
-    "architecture, e.g. x86_64].",
+    help="Target name or alias (see `dnsrec-edge targets list`) [default: host, the preset "
+    "this machine's CPU matches].",
 )
 @click.option(
     "-o",
@@ -47,16 +47,28 @@ from dnsrec_edge.cli.options import board_options, targets_dir_option
 )
 @click.option(
     "--trials",
-    default=256,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
-    help="Measured candidates for --tune.",
+    help="Measured candidates for --tune [default: 256, or no limit with --minutes].",
+)
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="With --tune: a time budget; kernels get it by their share of the model's time.",
 )
 @click.option(
     "--tuning-db",
     type=click.Path(path_type=Path),
     default=None,
     help="Tuning database folder [default: one per target and model shapes under $DNSREC_EDGE_HOME/tuning].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Threads the build is scheduled for (TVM num-cores) [default: the target's; for "
+    "host and the x86_64/arm64 presets, the board's usable cores].",
 )
 @board_options(prefix="With --tune, time the candidates on")
 @targets_dir_option
@@ -75,7 +87,9 @@ def compile_cmd(
     seq_len,
     tune,
     trials,
+    minutes,
     tuning_db,
+    threads,
     rpc,
     tracker,
     key,
@@ -105,10 +119,14 @@ def compile_cmd(
         force=force,
         quiet=quiet,
         targets_dir=targets_dir,
+        threads=threads,
+        minutes=minutes,
     )
     m = result.manifest
+    asked = m.get("target_requested", m["target"])
     click.echo(
-        f"{result.path}: {m['target']} ({m['arch']}/{m['device']}), "
+        f"{result.path}: {asked + ' -> ' if asked != m['target'] else ''}{m['target']} "
+        f"({m['arch']}/{m['device']}, {m['threads']} threads), "
         f"{m['kernels']['scheduled']}/{m['kernels']['total']} kernels scheduled, "
         f"{m['tuning']['scheduled_funcs']} from tuning records, {m['compile_seconds']} s"
     )

@@ -21,8 +21,8 @@ from dnsrec_edge.pipeline.presets import PRESETS, STAGE_NAMES
 @click.option(
     "--target",
     default=None,
-    help="Hardware target to search, compile and bench for (default x86_64; see "
-    "'dnsrec-edge targets list').",
+    help="Hardware target to search, compile and bench for (default host: the preset this "
+    "machine's CPU matches, with its usable cores; see 'dnsrec-edge targets list').",
 )
 @click.option(
     "--budget",
@@ -117,7 +117,7 @@ def pipeline_cmd(
     embedded = dataset is None
     result = pipeline(
         dataset or "ml-100k",
-        target=target or "x86_64",
+        target=target or "host",
         budget=budget,
         rpc=rpc,
         tracker=tracker,

@@ -89,6 +89,7 @@ from dnsrec_edge.cli.options import calibration_dir_option, threads_option
     help="Run folder to write (arch.json, supernet.pt, search_log.jsonl, run.json).",
 )
 @click.option("--force", is_flag=True, help="Replace the run files of an existing folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def search_cmd(
     ctx: click.Context,
@@ -113,6 +114,7 @@ def search_cmd(
     calibration_dir: Path | None,
     out: Path,
     force: bool,
+    as_json: bool,
 ) -> None:
     """Search the SASRec architecture that fits a budget (DNS-Rec) and write its run folder."""
     from dnsrec_edge.data.load import load_dataset
@@ -157,6 +159,25 @@ def search_cmd(
         force=force,
         quiet=quiet,
     )
+    if as_json:
+        import json
+
+        summary = {
+            "arch": result.arch.to_dict(),
+            "budget": str(result.budget),
+            "kind": parsed.kind,
+            "unit": parsed.unit,
+            "cost": result.cost,
+            "limit": result.limit,
+            "share": result.share,
+            "valid": result.valid,
+            "best_epoch": result.best_epoch,
+            "argmax_in_budget": result.argmax_in_budget,
+            "run": str(result.out_dir),
+            "seconds": round(result.seconds, 2),
+        }
+        click.echo(json.dumps(summary, indent=2))
+        return
     unit = "MFLOPs" if parsed.kind == "flops" else parsed.unit
     scale = 1e6 if parsed.kind == "flops" else 1.0
     blocks_text = "; ".join(

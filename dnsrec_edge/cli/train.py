@@ -218,6 +218,7 @@ def print_metrics(metrics: dict, title: str) -> None:
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Start over in an existing --out folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def train_cmd(
     ctx,
@@ -230,6 +231,7 @@ def train_cmd(
     time_col,
     resume,
     force,
+    as_json,
     **settings,
 ) -> None:
     """Train the SASRec baseline on a dataset and print HR/NDCG/MRR@10 for valid and test."""
@@ -259,6 +261,19 @@ def train_cmd(
         shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
         click.echo(f"settings: {shown}; run folder {out_dir}", err=True)
     result = train_baseline(dataset, out_dir, config, quiet=quiet, resume=resume, force=force)
+    if as_json:
+        import json
+
+        summary = {
+            "dataset": dataset.name,
+            "checkpoint": str(Path(out_dir) / "model.pt"),
+            "epochs": result.epochs,
+            "best_epoch": result.best_epoch,
+            "train_seconds": round(result.train_seconds, 2),
+            "metrics": result.metrics,
+        }
+        click.echo(json.dumps(summary, indent=2))
+        return
     print_metrics(
         result.metrics,
         f"{dataset.name}: SASRec, best epoch {result.best_epoch} of "

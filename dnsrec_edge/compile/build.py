@@ -40,6 +40,7 @@ from dnsrec_edge.hostinfo import host_arch
 
 log = logging.getLogger(__name__)
 
+
 def import_relax(model: OnnxModel, shape: list[int]):
     """The Relax module of ``model`` with its input pinned to ``shape``."""
     from tvm.relax.frontend.onnx import from_onnx
@@ -213,7 +214,7 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
     batch: int = 1,
     seq_len: int | None = None,
     tune: bool = False,
-    trials: int = 256,
+    trials: int | None = None,
     tuning_db: str | Path | None = None,
     rpc: str | None = None,
     tracker: str | None = None,
@@ -221,16 +222,21 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
     force: bool = False,
     quiet: bool = False,
     targets_dir: str | Path | None = None,
+    threads: int | None = None,
+    minutes: float | None = None,
 ) -> art.Artifact:
     """Compile an ONNX SASRec for ``target`` into an artifact folder and return it.
 
-    ``tune`` runs MetaSchedule for up to ``trials`` measured candidates into a persistent
+    ``tune`` runs MetaSchedule for up to ``trials`` measured candidates (default 256; with
+    ``minutes`` and no ``trials``, as many as fit in that many minutes) into a persistent
     database (``tuning_db`` or one per target and model shapes under the user store). The
     candidates are timed on this host (the target must then match it), or on the board behind
     ``rpc`` (``HOST:PORT`` of ``dnsrec-edge device serve``) or leased from ``tracker`` under
     ``key``. An existing database is applied even without ``tune``. ``out_dir`` defaults to
-    ``<model>-<target>`` beside the ONNX file. ``target`` defaults to this host's architecture
-    (:func:`host_target`). ``force`` replaces an earlier artifact's own files in ``out_dir``,
+    ``<model>-<target>`` beside the ONNX file. ``target`` defaults to ``"host"``: the preset
+    this machine's CPU features match, with its usable cores (:func:`host_target`); the
+    manifest keeps both names. ``threads`` replaces the target's thread count (TVM's
+    ``num-cores`` and what the default schedules parallelise for). ``force`` replaces an earlier artifact's own files in ``out_dir``,
     never anything else there.
     """
     from dnsrec_edge.compile import tuning
@@ -239,6 +245,8 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
     if target is None:
         target = host_target(targets_dir)
     tgt = target if isinstance(target, Target) else load_target(target, targets_dir)
+    if threads is not None:
+        tgt = tgt.with_threads(threads)
     onnx_path = Path(onnx_path)
     out = (
         Path(out_dir)
@@ -253,6 +261,12 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
         raise CompileError("--rpc and --rpc-tracker name a board to tune on: add --tune")
     if tune:
         tuning.check_can_tune(tgt, remote=bool(board))
+    if minutes is not None and not tune:
+        raise CompileError("--minutes is a tuning time budget: add --tune")
+    if minutes is not None and minutes <= 0:
+        raise CompileError(f"--minutes must be positive (got {minutes:g})")
+    if trials is None:
+        trials = tuning.TIME_BOUND_TRIALS if minutes is not None else tuning.DEFAULT_TRIALS
 
     from dnsrec_edge.compile import streaming
 
@@ -270,14 +284,18 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
 
     settings = {
         "model": onnx_path,
-        "target": f"{tgt.name} ({tgt.description})",
+        "target": f"{tgt.requested} -> {tgt.name} ({tgt.description})"
+        if tgt.requested
+        else f"{tgt.name} ({tgt.description})",
         "tvm target": tgt.tvm,
         "host": tgt.host or "(same as target)",
         "arch / device": f"{tgt.arch} / {tgt.device}",
         "linker": f"{compiler} ({tgt.deb_package})",
         "input": f"{model.input_name} int64 {shape}",
         "threads": tgt.threads,
-        "tuning": f"{trials} trials on {board or 'this host'}"
+        **({"cpu features": ", ".join(tgt.features)} if tgt.features else {}),
+        "tuning": f"{trials} trials{f' or {minutes:g} min' if minutes else ''} on "
+        f"{board or 'this host'}"
         if tune
         else "off (default schedules)",
         "output": out,
@@ -299,10 +317,11 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
         t0 = time.perf_counter()
         measurer = _board_measurer(tgt, compiler, rpc, tracker, key) if board else None
         database = tuning.tune(
-            mod, tgt, tvm_target, db_path, trials, measurer=measurer, quiet=quiet
+            mod, tgt, tvm_target, db_path, trials, measurer=measurer, quiet=quiet, minutes=minutes
         )
         tune_info.update(
             trials=trials,
+            minutes=minutes,
             seconds=round(time.perf_counter() - t0, 1),
             measured_on=measurer.where if measurer else "host",
         )
@@ -359,6 +378,8 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
             "tool_version": __version__,
             **_versions(),
             "target": tgt.name,
+            "target_requested": tgt.requested or tgt.name,
+            "cpu_features": list(tgt.features),
             "target_dict": tgt.tvm,
             "host_dict": tgt.host,
             "arch": tgt.arch,

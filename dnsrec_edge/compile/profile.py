@@ -60,19 +60,22 @@ class KernelProfile:
 
 
 def _median_us(fn, repeat: int, number: int) -> float:
+    """Median µs of single calls: on a shared machine a preempted call is an outlier, not
+    part of the kernel's time (the mean of a batch of calls would count it)."""
     for _ in range(3):
         fn()
     samples = []
-    for _ in range(repeat):
+    for _ in range(repeat * number):
         t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - t0) * 1e6 / number)
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e6)
     return float(np.median(samples))
 
 
 def profile_tvm(vm, inputs: np.ndarray, threads: int = 1, repeat: int = 15) -> KernelProfile:
-    """Profile the ``main`` of a Relax VM (CPU) on ``inputs``, kernel by kernel."""
+    """Profile the ``main`` of a Relax VM (CPU) on ``inputs``, kernel by kernel.
+
+    The VM keeps the instrument afterwards: pass one made for profiling."""
     import tvm
 
     dev = tvm.cpu()
@@ -85,13 +88,10 @@ def profile_tvm(vm, inputs: np.ndarray, threads: int = 1, repeat: int = 15) -> K
             calls.append((symbol, func, kept))
         return 0
 
-    vm.set_instrument(instrument)
-    try:
-        vm["main"](x)
-    finally:
-        vm.set_instrument(None)
     number = 20 if inputs.shape[0] == 1 else 2
-    total = _median_us(lambda: vm["main"](x), repeat, number)
+    total = _median_us(lambda: vm["main"](x), repeat, number)  # before the instrument is set
+    vm.set_instrument(instrument)  # (it stays set: this VM is for profiling only from here)
+    vm["main"](x)
     kernels: dict[str, tuple[float, int]] = {}
     for symbol, func, args in calls:
         us = _median_us(lambda f=func, a=args: f(*a), max(repeat // 3, 3), number)
@@ -137,7 +137,7 @@ def profile_onnxruntime(
     kernels = {}
     for key, durs in sums.items():
         durs = durs[-runs:]  # the measured runs (the session's first runs are warm-up)
-        kernels[key] = (float(np.sum(durs)) / runs, 1)
+        kernels[key] = (float(np.median(durs)), 1)  # median: preempted runs are outliers
     rest = total - sum(us for us, _ in kernels.values())
     kernels[VM_OVERHEAD.replace("vm", "session")] = (max(rest, 0.0), 0)
     return KernelProfile("onnxruntime", total, threads, kernels)

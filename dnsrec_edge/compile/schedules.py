@@ -17,6 +17,7 @@ TVM at the top, so import it only inside functions that compile.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -123,9 +124,14 @@ def _register_tile(m: int | None, n: int, lanes: int, registers: int) -> tuple[i
 
 
 def _schedule_matmul(
-    sch: s_tir.Schedule, infos, target: Target, threads: int
+    sch: s_tir.Schedule, infos, target: Target, threads: int, pad: bool = False
 ) -> s_tir.Schedule | None:
-    """Tile one ``S..SR`` reduction block followed by injective epilogue blocks."""
+    """Tile one ``S..SR`` reduction block followed by injective epilogue blocks.
+
+    With ``pad``, a matmul whose column count is not a whole number of vectors (attention
+    scores over 50 or 200 keys) is padded (``pad_einsum``) to one that is: a zero-filled copy
+    of its right operand, full-vector register tiles, and a copy back that carries the
+    epilogue. Without it, such a matmul falls back on narrower tiles."""
     red = [i for i, b in enumerate(infos) if not b.is_injective()]
     if len(red) != 1 or red[0] != 0 or not infos[0].dom_kind().endswith("SR"):
         return None
@@ -144,6 +150,25 @@ def _schedule_matmul(
     n = s_ext[-1]
     m = s_ext[-2] if len(s_ext) >= 2 else 1
     work = math.prod(s_ext) * k_ext
+    copy_out = None
+    if pad:
+        if n % lanes == 0 or n < lanes:
+            return None  # nothing to pad: the plain rule does it
+        names = [sch.get(info.block_rv).name_hint for info in infos]
+        width = 2 * lanes if n >= 2 * lanes else lanes
+        iters = sch.get(block).iter_vars  # spatial iters, then the reduction (``S..SR``)
+        sch.pad_einsum(block, [1] * (len(iters) - 2) + [width, 1])
+        block = sch.get_sblock(names[0])
+        padded_in = sch.get_producers(block)
+        copy_out = sch.get_consumers(block)[0]
+        for name in names[1:]:  # the epilogue moves onto the copy back
+            sch.reverse_compute_inline(sch.get_sblock(name))
+        for producer in padded_in:
+            _vectorize_innermost(sch, producer, lanes)
+        infos = infos[:1]
+        loops = sch.get_loops(block)
+        *spatial, k = loops
+        n = _extent(sch, spatial[-1])
 
     # Register tile: up to 6 rows x 1-4 vectors of columns (an exact divisor of n).
     ii, ji = _register_tile(m if len(s_ext) >= 2 else None, n, lanes, vector_registers(target))
@@ -180,6 +205,8 @@ def _schedule_matmul(
     if threads > 1 and work >= PARALLEL_MIN_WORK:
         sch.parallel(fused)
     sch.decompose_reduction(block, k)
+    if copy_out is not None:
+        _vectorize_innermost(sch, copy_out, lanes)
     return sch
 
 
@@ -316,6 +343,7 @@ def schedule_func(func: tirx.PrimFunc, target: Target, threads: int) -> tirx.Pri
 def schedule_func_sch(func: tirx.PrimFunc, target: Target, threads: int) -> s_tir.Schedule | None:
     """The schedule (with its replayable trace) of the first rule that fits ``func``."""
     rules = (
+        (functools.partial(_schedule_matmul, pad=True), try_inline_contiguous_spatial),
         (_schedule_matmul, try_inline_contiguous_spatial),
         (_schedule_reduction, _inline_single_use),
         (_schedule_injective, try_inline_contiguous_spatial),
@@ -328,7 +356,7 @@ def schedule_func_sch(func: tirx.PrimFunc, target: Target, threads: int) -> s_ti
         try:
             result = rule(sch, inline(sch, infos), target, threads)
         except _ERRORS as err:
-            log.debug("rule %s did not apply: %s", rule.__name__, err)
+            log.debug("rule %s did not apply: %s", getattr(rule, "__name__", rule), err)
             continue
         if result is not None:
             return result

@@ -12,7 +12,7 @@ import difflib
 import os
 import shutil
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ from dnsrec_edge.errors import CrossCompilerMissing, InputFileError, UnknownTarg
 from dnsrec_edge.hostinfo import host_arch
 
 TARGETS_ENV = "DNSREC_EDGE_TARGETS_DIR"
+HOST = "host"  # the target name that resolves to this machine's preset (compile/host.py)
+AUTO = "auto"  # `threads = "auto"`: the board's usable cores
+AUTO_THREADS_ELSEWHERE = 4  # an auto preset's threads when it is not this machine's arch
 ARCHES = ("x86_64", "aarch64", "riscv64")
 DEVICES = ("cpu", "cuda")
 _REQUIRED = (
@@ -50,6 +53,18 @@ class Target:
     deb_package: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
     path: Path | None = None  # the TOML file it came from
+    threads_auto: bool = False  # threads = "auto" in its file: the board's usable cores
+    requested: str | None = None  # the name asked for when it differs ("host")
+    features: tuple[str, ...] = ()  # CPU features found on the host (host targets only)
+
+    def with_threads(self, threads: int) -> Target:
+        """This target with ``threads`` (and TVM's ``num-cores``) set: a user's choice."""
+        if threads < 1:
+            raise InputFileError(f"threads must be >= 1 (got {threads})")
+        tvm_dict = dict(self.tvm)
+        if "num-cores" in tvm_dict or self.device == "cpu":
+            tvm_dict["num-cores"] = int(threads)
+        return replace(self, threads=int(threads), tvm=tvm_dict, threads_auto=False)
 
     def tvm_target(self):
         """The ``tvm.target.Target`` (with its host for GPU targets)."""
@@ -96,6 +111,9 @@ class Target:
             "active_watts": self.active_watts,
             "sources": self.sources,
             "path": str(self.path) if self.path else None,
+            "threads_auto": self.threads_auto,
+            "requested": self.requested,
+            "features": list(self.features),
         }
 
 
@@ -123,22 +141,32 @@ def _parse(path: Path) -> Target:
         problems.append("[tvm] must be a table with a 'kind'")
     if data["device"] == "cuda" and not isinstance(data.get("host"), dict):
         problems.append("a cuda target needs a [host] table (the board's CPU)")
-    if not isinstance(data["threads"], int) or data["threads"] < 1:
-        problems.append(f"threads must be a positive integer (got {data['threads']!r})")
+    auto = data["threads"] == AUTO
+    if not auto and (not isinstance(data["threads"], int) or data["threads"] < 1):
+        problems.append(f'threads must be a positive integer or "{AUTO}" (got {data["threads"]!r})')
     if problems:
         raise InputFileError(f"target file '{path}': " + "; ".join(problems))
+    tvm_dict = dict(data["tvm"])
+    threads = data["threads"]
+    if auto:  # the board's usable cores: this machine's when it is of the preset's arch
+        from dnsrec_edge.compile.host import usable_cores
+
+        threads = usable_cores() if data["arch"] == host_arch() else AUTO_THREADS_ELSEWHERE
+        if data["device"] == "cpu":
+            tvm_dict["num-cores"] = threads
     try:
         return Target(
             name=str(data["name"]),
             aliases=tuple(str(a) for a in data.get("aliases", ())),
             description=str(data["description"]),
-            tvm=dict(data["tvm"]),
+            tvm=tvm_dict,
             host=dict(data["host"]) if data.get("host") else None,
             arch=data["arch"],
             device=data["device"],
             cross_compiler=data.get("cross_compiler"),
             deb_package=data.get("deb_package"),
-            threads=int(data["threads"]),
+            threads=int(threads),
+            threads_auto=auto,
             peak_gflops=float(data["peak_gflops"]),
             mem_gbps=float(data["mem_gbps"]),
             idle_watts=float(data["idle_watts"]),
@@ -174,13 +202,31 @@ def list_targets(targets_dir: str | Path | None = None) -> list[Target]:
     return sorted(found.values(), key=lambda t: t.name)
 
 
-def host_target(targets_dir: str | Path | None = None) -> Target:
-    """The preset for this machine's CPU: a ``host`` target or alias where one exists, else
-    the preset named (or aliased) by the host's architecture (``x86_64``, ``aarch64`` -> arm64)."""
-    try:
-        return load_target("host", targets_dir)
-    except UnknownTarget:
-        return load_target(host_arch(), targets_dir)
+def host_target(targets_dir: str | Path | None = None, cpu=None) -> Target:
+    """This machine as a target: the preset its CPU features match (``x86_64-avx512``,
+    ``x86_64-avx2``, ``x86_64``, ``arm64``) with ``threads``/``num-cores`` set to its usable
+    cores and ``requested == "host"`` (see :mod:`dnsrec_edge.compile.host`). A user target
+    file named ``host`` replaces the detection. ``cpu`` (a ``HostCpu``) is for tests."""
+    from dnsrec_edge.compile.host import detect_host
+
+    targets = list_targets(targets_dir)
+    for target in targets:
+        if target.name == HOST:
+            return target
+    cpu = cpu or detect_host()
+    preset = load_target(cpu.preset, targets_dir)
+    tvm_dict = dict(preset.tvm)
+    if cpu.extra_mattr:
+        tvm_dict["mattr"] = [*tvm_dict.get("mattr", []), *cpu.extra_mattr]
+    resolved = replace(
+        preset,
+        tvm=tvm_dict,
+        requested=HOST,
+        features=cpu.features,
+        description=f"this host ({cpu.model or cpu.arch}, {cpu.cores} usable cores): "
+        f"{preset.description}",
+    )
+    return resolved.with_threads(cpu.cores)
 
 
 def load_target(name_or_alias: str, targets_dir: str | Path | None = None) -> Target:
@@ -189,10 +235,12 @@ def load_target(name_or_alias: str, targets_dir: str | Path | None = None) -> Ta
     for target in targets:
         if name_or_alias == target.name:
             return target
+    if name_or_alias == HOST:
+        return host_target(targets_dir)
     for target in targets:
         if name_or_alias in target.aliases:
             return target
-    err = UnknownTarget(name_or_alias, [t.name for t in targets])
+    err = UnknownTarget(name_or_alias, [HOST, *(t.name for t in targets)])
     if "did you mean" not in str(err):  # no close name: try the aliases
         aliases = [a for t in targets for a in t.aliases]
         close = difflib.get_close_matches(name_or_alias, aliases, n=1)

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 MAX_TASKS = 12  # tune at most this many kernels, heaviest first
+DEFAULT_TRIALS = 256
+TIME_BOUND_TRIALS = 100_000  # the trial cap under a time budget (--minutes): time ends first
 MIN_SHARE = 0.01  # ... and only those with at least this share of the model's FLOPs
 
 
@@ -301,10 +303,15 @@ def tune(
     *,
     measurer: Measurer | None = None,
     quiet: bool = False,
+    minutes: float | None = None,
 ):
     """Tune the heaviest kernels of the lowered ``mod`` for ``trials`` candidates; the database.
 
     Candidates are timed by ``measurer`` (default: on this host, which must then be the target).
+    ``minutes`` stops tuning once that much time is spent (after the running batch of
+    candidates), whatever is left of ``trials``. MetaSchedule's gradient task scheduler
+    gives the next batch to the kernel whose measured time (latency x calls) can drop most,
+    so the budget goes to kernels by their share of the model's time.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -334,6 +341,8 @@ def tune(
         per_iter = max(8, min(32, trials // max(1, len(tasks))))
         # the default callbacks minus RemoveBuildArtifact: our artifacts live in memory
         callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()]
+        if minutes is not None:
+            callbacks.append(_deadline_callback(time.monotonic() + 60.0 * minutes))
         if not quiet:
             callbacks = [*callbacks, _progress_callback(trials)]
         ms.tune_tasks(
@@ -350,6 +359,25 @@ def tune(
     finally:
         measurer.close()
     return database
+
+
+def _deadline_callback(deadline: float):
+    """A measure callback that ends every task once ``time.monotonic()`` passes ``deadline``."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class Deadline(PyMeasureCallback):
+        def apply(
+            self, task_scheduler, task_id, measure_candidates, builder_results, runner_results
+        ):
+            if time.monotonic() < deadline:
+                return
+            for index, record in enumerate(task_scheduler.tasks_):
+                if not record.is_terminated:
+                    task_scheduler.terminate_task(index)
+
+    return Deadline()
 
 
 def _reset_tuner_logging() -> None:

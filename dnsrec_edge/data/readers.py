@@ -143,15 +143,19 @@ def _tokens(values: pd.Series, label: str, name: str) -> pd.Series:
         )
     if pd.api.types.is_signed_integer_dtype(values):
         return values.astype("int64")
-    if pd.api.types.is_float_dtype(values):  # e.g. a Parquet column: exact below 2**53
-        if ((values % 1 == 0) & (values.abs() < 2**53)).all():
-            return values.astype("int64")
+    if pd.api.types.is_float_dtype(values) and _whole_below_2_53(values):  # e.g. Parquet
+        return values.astype("int64")
     text = values.astype(str).str.strip()
     if text.str.fullmatch(_INT64_TEXT).all():
         numeric = pd.to_numeric(text, errors="coerce")
         if numeric.dtype == "int64":  # wider values come back as uint64, float or object
             return numeric
     return text
+
+
+def _whole_below_2_53(values: pd.Series) -> bool:
+    """Floats that are all whole numbers float64 holds exactly (|x| < 2**53)."""
+    return bool(((values % 1 == 0) & (values.abs() < 2**53)).all())
 
 
 def _timestamps(values: pd.Series, label: str, name: str) -> pd.Series:

@@ -3,7 +3,9 @@
 Timing several files round-robin (one round of each, then the next round) keeps a shared
 machine's drift out of their ratios. :func:`ort_shares` exports each architecture with
 untrained weights (latency does not depend on the weights) and returns its median latency
-as a share of a reference architecture's, measured in the same run.
+as a share of a reference architecture's, measured in the same run. :class:`OrtLatencyModel`
+is a cost model that measures instead of predicting: a latency budget on this host then
+rests on measured latencies, not on a prior.
 
 Example::
 
@@ -16,7 +18,9 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +80,52 @@ def time_onnx(
     }
 
 
+def _exported(arch: ArchSpec, folder: Path, name: str) -> Path:
+    import torch
+
+    from dnsrec_edge.export.onnx_export import export_onnx
+    from dnsrec_edge.models.sasrec import SASRec
+
+    torch.manual_seed(0)
+    path = folder / f"{name}.onnx"
+    export_onnx(SASRec(arch).eval(), path, batch=1)
+    return path
+
+
+@dataclass
+class OrtLatencyModel:
+    """A :class:`CostModel` whose latency is measured: each architecture is exported with
+    untrained weights and timed under ONNX Runtime on this host at batch 1 (median ms),
+    once (cached by architecture). FLOPs come from the exact analysis."""
+
+    threads: int = 1
+    repeat: int = 15
+    number: int = 20
+    measured: bool = True  # read by the search: costs carry measurement noise
+    _cache: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def predict(self, arch: ArchSpec, target: Any = None):
+        from dnsrec_edge.cost.model import Cost, FlopsModel
+
+        self.predict_many([arch], target)
+        return Cost(flops=FlopsModel().predict(arch).flops, latency_ms=self._cache[arch.to_json()])
+
+    def predict_many(self, archs: Sequence[ArchSpec], target: Any = None) -> None:
+        """Measure every architecture not yet measured, all in one interleaved run."""
+        todo = list({a.to_json(): a for a in archs if a.to_json() not in self._cache}.values())
+        if not todo:
+            return
+        with tempfile.TemporaryDirectory(prefix="dnsrec-ort-") as tmp:
+            paths = [_exported(a, Path(tmp), f"arch{i}") for i, a in enumerate(todo)]
+            stats = time_onnx(paths, self.threads, self.repeat, self.number)
+        for arch, path in zip(todo, paths, strict=True):
+            self._cache[arch.to_json()] = stats[str(path)]["median_ms"]
+
+    def fit(self, records: list[dict[str, Any]]) -> OrtLatencyModel:
+        """Nothing to fit: it measures."""
+        return self
+
+
 def ort_shares(
     archs: Sequence[ArchSpec],
     reference: ArchSpec,
@@ -85,18 +135,8 @@ def ort_shares(
 ) -> list[float]:
     """Each architecture's ONNX Runtime median latency at batch 1 as a share of
     ``reference``'s, all exported with untrained weights and timed in one interleaved run."""
-    import torch
-
-    from dnsrec_edge.export.onnx_export import export_onnx
-    from dnsrec_edge.models.sasrec import SASRec
-
     with tempfile.TemporaryDirectory(prefix="dnsrec-ort-") as tmp:
-        paths = []
-        torch.manual_seed(0)
-        for i, arch in enumerate([reference, *archs]):
-            path = Path(tmp) / f"arch{i}.onnx"
-            export_onnx(SASRec(arch).eval(), path, batch=1)
-            paths.append(path)
+        paths = [_exported(a, Path(tmp), f"arch{i}") for i, a in enumerate([reference, *archs])]
         stats = time_onnx(paths, threads=threads, repeat=repeat, number=number)
     base = stats[str(paths[0])]["median_ms"]
     return [stats[str(p)]["median_ms"] / base for p in paths[1:]]

@@ -53,7 +53,7 @@ class PipelineResult:
 
 def pipeline(
     dataset: Any = "ml-100k",
-    target: str = "x86_64",
+    target: str = "host",
     budget: str | None = None,
     *,
     rpc: str | None = None,

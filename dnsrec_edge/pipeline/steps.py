@@ -150,7 +150,8 @@ def search_settings(plan: Plan) -> dict[str, Any]:
     if budget.kind != "flops":
         settings |= {"target": plan.target, "cost_model": cost_model_id(plan)}
     if budget.kind == "latency" and bench_mode(plan)[0] == "local":
-        settings["measure"] = "ort"  # the front's latency shares measured on this host
+        # this host: the costs and the front's latency shares are measured (ONNX Runtime)
+        settings |= {"measure": "ort", "cost_model": "measured on this host (ONNX Runtime)"}
     return settings
 
 
@@ -194,12 +195,13 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     config = SearchConfig(**ctx.settings["config"], threads=plan.threads)
     space = SearchSpace(ds.n_items, config.max_len, **ctx.settings["space"])
     baseline = ctx["baseline"].result
-    measure = None
-    if ctx.settings.get("measure") == "ort":
-        from dnsrec_edge.export.ort_timing import ort_shares
+    measure = cost_model = None
+    if ctx.settings.get("measure") == "ort":  # this host: measure, do not predict
+        from dnsrec_edge.export.ort_timing import OrtLatencyModel, ort_shares
 
         base_arch = ArchSpec.from_dict(baseline["arch"])
         measure = functools.partial(ort_shares, reference=base_arch, threads=1)
+        cost_model = OrtLatencyModel(threads=1)
     res = search(
         ds,
         ctx.settings["budget"],
@@ -213,6 +215,7 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         baseline_valid=baseline["valid"]["ndcg@10"],
         measure=measure,
         front_size=ctx.settings["candidates"]["max"],
+        cost_model=cost_model,
     )
     candidates = evaluate_candidates(
         ctx.out / "run", ds, config.max_len, ctx.settings["candidates"]["max"]

@@ -1,8 +1,11 @@
-"""The architectures a search visited, scored with the supernet's weights (not fine-tuned).
+"""The front a search scored, on the test users with the supernet's weights (not fine-tuned).
 
-Each epoch of ``search_log.jsonl`` names the architecture it selected and the argmax; both are
-evaluated on the test users with the supernet of the selected epoch (``supernet.pt``), in
-hard mode. The pipeline's report plots them beside the baseline and the fine-tuned subnet.
+The points are those of ``front.json`` (:mod:`search.front`: the most probable in-budget
+architectures and each epoch's pick, with their validation NDCG@10, predicted cost and
+measured latency share); a run folder from before the front existed gives each epoch's pick
+and argmax of ``search_log.jsonl`` instead. Each is evaluated on the test users with the
+supernet's weights (``supernet.pt``), in hard mode. The pipeline's report plots them beside
+the baseline and the fine-tuned subnet.
 
 Example::
 
@@ -12,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +32,23 @@ from dnsrec_edge.train.checkpoint import load_checkpoint
 def evaluate_candidates(
     run_dir: str | Path, dataset: Dataset, max_len: int, limit: int
 ) -> list[dict[str, Any]]:
-    """Test NDCG@10 and HR@10 of the first ``limit`` distinct architectures the search visited
-    (each epoch's pick and argmax), with the supernet's weights of the selected epoch."""
+    """Test NDCG@10 and HR@10 of the first ``limit`` points of the run's front (or, for an
+    older run, of the distinct architectures it visited), with the supernet's weights."""
     run_dir = Path(run_dir)
     supernet, _ = load_checkpoint(run_dir / "supernet.pt", dataset.fingerprint)
     supernet.eval()
     seen: dict[tuple, dict[str, Any]] = {}
-    for _, record, _raw in read_jsonl(run_dir / "search_log.jsonl"):
+    front = run_dir / "front.json"
+    if front.is_file():
+        for point in json.loads(front.read_text(encoding="utf-8"))[:limit]:
+            choice = Choice(point["choice"]["depth"], tuple(map(tuple, point["choice"]["blocks"])))
+            seen[(choice.depth, choice.blocks)] = {
+                "label": ", ".join(point["sources"]),
+                "choice": choice,
+                "valid_ndcg@10": point["valid"]["ndcg@10"],
+                "measured_share": point.get("measured_share"),
+            }
+    for _, record, _raw in [] if seen else read_jsonl(run_dir / "search_log.jsonl"):
         if record is None:
             continue
         for key in ("selected", "argmax"):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,15 +62,35 @@ class CostTable:
 
     @classmethod
     def build(
-        cls, space: SearchSpace, cost_model: CostModel, kind: str = "flops", target: Any = None
+        cls,
+        space: SearchSpace,
+        cost_model: CostModel,
+        kind: str = "flops",
+        target: Any = None,
+        extra: Sequence[ArchSpec] = (),
     ) -> CostTable:
-        """Query ``cost_model`` for one- to three-block ArchSpecs of every candidate pair."""
+        """Query ``cost_model`` for one- to three-block ArchSpecs of every candidate pair.
+
+        A cost model that measures (one with ``predict_many``) measures them, and ``extra``
+        (e.g. the budget's baseline), in one interleaved run first, so drift of a shared
+        machine stays out of the differences; a negative difference (measurement noise) is
+        clipped to zero.
+        """
+
+        def arch_of(*blocks: BlockSpec) -> ArchSpec:
+            return ArchSpec(space.n_items, space.max_len, space.hidden, blocks)
 
         def cost(*blocks: BlockSpec) -> float:
-            arch = ArchSpec(space.n_items, space.max_len, space.hidden, blocks)
-            return float(cost_model.predict(arch, target).get(kind))
+            return float(cost_model.predict(arch_of(*blocks), target).get(kind))
 
         r = space.block(0, 0)
+        if hasattr(cost_model, "predict_many"):
+            pairs = itertools.product(range(space.n_attn), range(space.n_ffn))
+            blocks = [space.block(a, f) for a, f in pairs]
+            archs = [arch_of(r, r), arch_of(r, r, r), *(arch_of(b) for b in blocks)]
+            if space.max_depth > 1:
+                archs += [arch_of(b, r, r) for b in blocks] + [arch_of(r, b) for b in blocks]
+            cost_model.predict_many([*extra, *archs], target)
         ref_pair = cost(r, r)
         ref_mid = cost(r, r, r) - ref_pair
         alone = torch.zeros(space.n_attn, space.n_ffn, dtype=torch.float64)
@@ -80,7 +101,7 @@ class CostTable:
             if space.max_depth > 1:
                 mid[a, f] = cost(b, r, r) - ref_pair
                 last[a, f] = cost(r, b) - ref_mid
-        return cls(space, kind, alone, mid, last)
+        return cls(space, kind, alone, mid.clamp(min=0.0), last.clamp(min=0.0))
 
     def last_of(self, depth: int) -> torch.Tensor:
         """(A, F) cost of the last block with the fixed parts, for a stack of ``depth``."""

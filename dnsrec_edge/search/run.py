@@ -165,6 +165,7 @@ def search(
     baseline_valid: float | None = None,
     measure: Measure | None = None,
     front_size: int = 8,
+    cost_model: CostModel | None = None,
 ) -> SearchResult:
     """Search the architecture that fits ``budget``; write the run folder ``out_dir``.
 
@@ -173,7 +174,8 @@ def search(
     ``"energy=2mJ"``. ``baseline`` defaults to :func:`default_baseline_arch`;
     ``baseline_valid`` (its validation NDCG@10) turns on the warm-up rule; ``measure`` (see
     :mod:`search.front`) adds measured latency shares to the front. ``space`` defaults to 4
-    blocks, hidden 64, heads 4/2/1 x 16, FFN 256/128/64, data-aware gates.
+    blocks, hidden 64, heads 4/2/1 x 16, FFN 256/128/64, data-aware gates. ``cost_model``
+    replaces the budget's usual one (e.g. an ``OrtLatencyModel`` measuring on this host).
     """
     config = config or SearchConfig()
     budget = parse_budget(budget) if isinstance(budget, str) else budget
@@ -185,9 +187,12 @@ def search(
             f"the search space is for {space.n_items} items and length {space.max_len} but the "
             f"run has {dataset.n_items} items and --max-len {config.max_len}; build it for this dataset"
         )
-    cost_model, target_arg = budget_cost_model(budget, target, config.max_len, calibration_dir)
-    table = CostTable.build(space, cost_model, budget.kind, target_arg)
+    if cost_model is None:
+        cost_model, target_arg = budget_cost_model(budget, target, config.max_len, calibration_dir)
+    else:
+        target_arg = target
     baseline = baseline or default_baseline_arch(space)
+    table = CostTable.build(space, cost_model, budget.kind, target_arg, extra=[baseline])
     base_cost = None
     if budget.relative_to == "baseline":
         base_cost = baseline_cost(cost_model, baseline, budget, target_arg)
@@ -239,7 +244,10 @@ def search(
         )
     seconds = time.perf_counter() - t0
     arch = space.arch(chosen.choice)
-    exact = float(cost_model.predict(arch, target_arg).get(budget.kind))
+    if getattr(cost_model, "measured", False):  # a measured cost: the table's sum of blocks
+        exact = chosen.cost
+    else:
+        exact = float(cost_model.predict(arch, target_arg).get(budget.kind))
     if exact > limit:  # only for cost models that do not add up per block
         raise BudgetError(
             f"the selected architecture costs {_fmt(exact, budget)} under the cost model, over the "

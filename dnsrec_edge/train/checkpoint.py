@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:
         raise InputFileError(f"cannot read checkpoint '{path}' ({err.strerror or err})") from err
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+    except Exception as err:  # garbage raises assorted errors (Unpickling, Index, Key, ...)
         # torch's own message suggests weights_only=False, which would run the file's code
         what = "is empty" if path.stat().st_size == 0 else "is damaged or of another kind"
         raise InputFileError(
