@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dnsrec_edge.data.load import load_dataset
-from dnsrec_edge.export.ort_timing import ort_shares
+from dnsrec_edge.export.ort_timing import OrtLatencyModel, ort_shares
 from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.pipeline.presets import DEFAULT_BUDGETS, PRESETS
@@ -84,12 +84,13 @@ def one_seed(seed: int, variants: list[str], threads: int) -> dict:
             ds,
             DEFAULT_BUDGETS["short"],
             work / name,
-            "x86_64",
+            "host",
             config=config,
             space=space,
             baseline=teacher.arch,
             baseline_valid=base_valid["ndcg@10"],
             measure=lambda archs: ort_shares(archs, teacher.arch),
+            cost_model=OrtLatencyModel(threads=1),  # as the pipeline does on this host
             force=True,
             quiet=True,
         )

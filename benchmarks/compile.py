@@ -194,9 +194,9 @@ def bench_model(name, arch, batches, trials, work: Path, rounds: int, threads_li
         # cores it ran 100x slower here (barrier waits), which measures contention, not torch.
         torch.set_num_threads(1)
         with torch.no_grad():
-            torch_ms = interleaved_medians(
-                {"torch": lambda xt=xt: model.predict(xt)}, rounds, per
-            )["torch"]
+            torch_ms = interleaved_medians({"torch": lambda xt=xt: model.predict(xt)}, rounds, per)[
+                "torch"
+            ]
         per_threads, profiles, match = {}, {}, None
         for threads in threads_list:
             set_threads(threads)

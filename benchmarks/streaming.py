@@ -15,6 +15,10 @@ Writes ``benchmarks/results/streaming.json``:
   ONNX files, in one interleaved run (rounds alternate step/full and TVM/ORT).
 - ``memory``: cache bytes per user, and the peak RSS of a runtime-only process (torch made
   unimportable, ``TVM_USE_RUNTIME_LIB=1``) running a session of max_len pushes.
+- ``emulated_arm64``: correctness only: the step cross-compiled for arm64, replayed on the
+  emulated board (qemu-user) over RPC, every push compared with ONNX Runtime.
+- ``cost``: the target's cost model (``cost/streaming.py`` for a step) beside the measured
+  TVM latencies.
 - ``accuracy``: ml-100k, max_len 50, 20 epochs, both layouts over seeds (runs from
   ``--runs`` or trained here with ``--train``); ml-1m was not run here (too heavy for this
   machine), the JSON says so.
@@ -89,11 +93,15 @@ def equivalence(checkpoint: Path | None, rows: int, steps: int, exact_rows: int)
                 "steps_per_history_cap": n_steps,
                 "max_abs_diff": rep.max_abs_diff,
                 "top10_agreement": rep.top10_agreement,
+                "top10_tied_steps": rep.tied_steps,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             print(label, out[label], flush=True)
     main = out["keep_half"]
-    return {**{k: main[k] for k in ("histories", "steps", "max_abs_diff", "top10_agreement")}, **out}
+    return {
+        **{k: main[k] for k in ("histories", "steps", "max_abs_diff", "top10_agreement")},
+        **out,
+    }
 
 
 def _ort(path: Path):
@@ -177,7 +185,9 @@ def speed(folder: Path, target: str, rounds: int, number: int, repeat: int) -> t
             t0 = time.perf_counter()
             built[(name, max_len)] = build(name, max_len, folder, target)
             print(f"built {name} L={max_len} in {time.perf_counter() - t0:.0f} s", flush=True)
-    samples = {key: {(k, rt): [] for k in ("step", "full") for rt in ("tvm", "ort")} for key in built}
+    samples = {
+        key: {(k, rt): [] for k in ("step", "full") for rt in ("tvm", "ort")} for key in built
+    }
     ratios = {key: {"tvm": [], "ort": []} for key in built}  # step/full within each round
     for r in range(rounds):  # interleaved: every model, step/full and TVM/ORT in turn
         for key, b in built.items():
@@ -251,6 +261,80 @@ def memory(built: dict) -> dict:
     return out
 
 
+def emulated_arm64(folder: Path, pushes: int) -> dict:
+    """Correctness only: the ml-1m baseline step (max_len 50) cross-compiled for arm64,
+    replayed on the emulated board over RPC, every push compared with ONNX Runtime."""
+    import torch
+
+    from dnsrec_edge.bench.emulate import EmulatedBoard
+    from dnsrec_edge.board import rpc as rpc_mod
+    from dnsrec_edge.compare import compare_scores
+    from dnsrec_edge.compile.build import compile as compile_model
+    from dnsrec_edge.compile.session import StreamingSession
+    from dnsrec_edge.export.streaming import export_streaming
+    from dnsrec_edge.models.sasrec import SASRec
+
+    torch.manual_seed(0)
+    model = SASRec(arch_of("ml-1m-baseline", 50)).eval()
+    onnx_path = export_streaming(model, folder / "arm64-step.onnx")
+    artifact = compile_model(onnx_path, "arm64", folder / "arm64-step", quiet=True)
+    board = EmulatedBoard("arm64", quiet=True).start()
+    try:
+        remote = rpc_mod.connect(board.address)
+        facts = rpc_mod.board_facts(remote) or {}
+        on_board = StreamingSession.from_artifact(artifact, remote=remote)
+        reference = StreamingSession.from_onnx(onnx_path)
+        items = np.random.default_rng(0).integers(1, N_ITEMS + 1, size=pushes)
+        worst, same = 0.0, 0
+        for item in items:
+            a, b = on_board.push(int(item)), reference.push(int(item))
+            check = compare_scores(on_board.last_scores, reference.last_scores)
+            if not check.ok:
+                raise SystemExit(f"emulated arm64 disagrees with ONNX Runtime: {check.summary()}")
+            worst = max(worst, check.max_abs_diff)
+            same += a.items.tolist() == b.items.tolist()
+    finally:
+        board.stop()
+    return {
+        "what": "correctness only (emulated timings say nothing about a board)",
+        "model": "ml-1m-baseline shape, max_len 50, untrained",
+        "board": {k: facts.get(k) for k in ("arch", "emulated", "emulator", "tvm_version")},
+        "pushes": pushes,
+        "reprimes": on_board.reprimes,
+        "max_abs_diff_vs_ort": worst,
+        "top10_identical_pushes": same,
+    }
+
+
+def cost_predictions(speed: dict, target: str) -> dict:
+    """The target's cost model on a step (cost/streaming.py) and a whole sequence, beside the
+    measured TVM medians of ``speed``."""
+    from dnsrec_edge.cost.calibrated import load_cost_model
+    from dnsrec_edge.cost.streaming import analyze_step, predict_step
+
+    model = load_cost_model(target)
+    out: dict = {"target": target, "model": model.describe().splitlines()[0]}
+    for name, by_len in speed.items():
+        if name not in SHAPES:  # e.g. the "command" entry
+            continue
+        for length, measured in by_len.items():
+            arch = arch_of(name, int(length))
+            step, full = predict_step(model, arch), model.predict(arch)
+            out[f"{name}/{length}"] = {
+                "step_flops": analyze_step(arch).flops,
+                "full_flops": full.flops,
+                "step_ms": {
+                    "predicted": step.latency_ms,
+                    "measured_tvm": measured["step_ms"]["tvm"],
+                },
+                "full_ms": {
+                    "predicted": full.latency_ms,
+                    "measured_tvm": measured["full_ms"]["tvm"],
+                },
+            }
+    return out
+
+
 def accuracy(runs: Path, train: bool, seeds: int) -> dict:
     out: dict = {
         "dataset": "ml-100k",
@@ -312,7 +396,12 @@ def main() -> None:
     result = {
         "host": platform.machine(),
         "cpu": next(
-            (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln), ""
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if "model name" in ln
+            ),
+            "",
         ),
         "load_before": os.getloadavg(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -339,11 +428,21 @@ def main() -> None:
             }
             if "memory" not in args.skip:
                 result["memory"] = memory(built)
+    if "cost" not in args.skip and ("speed" in result or "speed" in old):
+        result["cost"] = cost_predictions(result.get("speed") or old["speed"], args.target)
+    if "emulated_arm64" not in args.skip:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["emulated_arm64"] = emulated_arm64(Path(tmp), pushes=120)
     if "accuracy" not in args.skip:
         result["accuracy"] = accuracy(args.runs, args.train, args.seeds)
-    for key in ("equivalence", "speed", "speed_settings", "memory", "accuracy"):
-        if key not in result and key in old:
+    parts = ("equivalence", "speed", "speed_settings", "memory", "cost", "emulated_arm64")
+    parts += ("accuracy",)
+    for key in parts:
+        if key in result and key != "speed":  # measured now: say how (speed: in its settings)
+            result[key]["command"] = result["command"]
+        elif key in old:  # kept from an earlier run (with its own command)
             result[key] = old[key]
+    del result["command"]
     result["load_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -108,3 +108,10 @@ def test_a_foreign_sasrec_matches_onnxruntime(tmp_path):
     )
     art = compile_model(path, "x86_64", tmp_path / "f", batch=2, quiet=True)
     _check(art, path, 53)
+
+
+def test_minutes_is_a_tuning_budget(odd_onnx, tmp_path):
+    from dnsrec_edge.errors import CompileError
+
+    with pytest.raises(CompileError, match="add --tune"):
+        compile_model(odd_onnx, "host", tmp_path / "m", minutes=1, quiet=True)

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from dnsrec_edge.cli import main
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 from dnsrec_edge.models.sasrec import SASRec
-from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.search.space import Choice, SearchSpace
+from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.train.checkpoint import load_checkpoint, save_checkpoint
 
 N_ITEMS, MAX_LEN = 120, 16

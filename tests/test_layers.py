@@ -23,8 +23,7 @@ def test_the_check_sees_an_upward_import(tmp_path):
     (pkg / "models" / "__init__.py").write_text("")
     (pkg / "search" / "__init__.py").write_text("")
     (pkg / "models" / "sasrec.py").write_text(
-        "from dnsrec_edge import __version__\n"
-        "def f():\n    from dnsrec_edge.search import loop\n"
+        "from dnsrec_edge import __version__\ndef f():\n    from dnsrec_edge.search import loop\n"
     )
     (pkg / "search" / "loop.py").write_text("import dnsrec_edge.models.sasrec\n")
     problems = layers.check(pkg)

@@ -70,6 +70,7 @@ def test_refuses_a_folder_that_is_not_a_run(tmp_path):
 @pytest.mark.tvm
 def test_end_to_end_on_a_slice_then_rerun(tmp_path, ml100k_raw):
     from dnsrec_edge import pipeline
+    from dnsrec_edge.compile.targets import load_target
 
     frame = ml100k_raw[ml100k_raw["user"] <= 150]
     csv = tmp_path / "slice.csv"
@@ -88,17 +89,18 @@ def test_end_to_end_on_a_slice_then_rerun(tmp_path, ml100k_raw):
     for model in ("baseline", "dnsrec"):
         assert bench[model]["latency_ms"]["median"] > 0
         assert bench[model]["max_abs_diff"] <= 1e-4 and bench[model]["top10_match"]
-    records = (calib / "x86_64" / "records.jsonl").read_text().splitlines()
+    host = load_target("host").name  # the pipeline's default target: this host's preset
+    records = (calib / host / "records.jsonl").read_text().splitlines()
     assert len(records) == 2  # one measurement per model went back to the cost-model store
 
     md = (run / "report.md").read_text()
-    assert "| NDCG@10 (full ranking) |" in md and "## Target x86_64 (measured on this host)" in md
+    assert "| NDCG@10 (full ranking) |" in md and f"## Target {host} (measured on this host)" in md
     html = (run / "report.html").read_text()
     assert html.count("src='data:image/png;base64,") == 3
 
     again = pipeline(csv, quick=True, out=run, calibration_dir=calib, threads=1, quiet=True)
     assert again.reused() == list(STAGE_NAMES)
-    assert len((calib / "x86_64" / "records.jsonl").read_text().splitlines()) == 2
+    assert len((calib / host / "records.jsonl").read_text().splitlines()) == 2
 
     redo = pipeline(
         csv, quick=True, out=run, calibration_dir=calib, threads=1, quiet=True, from_stage="report"

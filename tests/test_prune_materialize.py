@@ -13,9 +13,9 @@ from dnsrec_edge.export.onnx_export import export_onnx
 from dnsrec_edge.export.validate import validate_onnx
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 from dnsrec_edge.models.sasrec import SASRec
-from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.prune.materialize import materialize
 from dnsrec_edge.search.space import Choice, SearchSpace
+from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.train.checkpoint import save_checkpoint
 
 

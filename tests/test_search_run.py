@@ -12,11 +12,11 @@ from dnsrec_edge.errors import ArchSpecError, BudgetError, DnsrecError
 from dnsrec_edge.fsio import read_jsonl
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 from dnsrec_edge.models.sasrec import SASRec
-from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.search.loop import SearchConfig
 from dnsrec_edge.search.retrain import retrain
 from dnsrec_edge.search.run import search
 from dnsrec_edge.search.space import SearchSpace
+from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.train.checkpoint import load_checkpoint
 from dnsrec_edge.train.trainer import TrainConfig
 

@@ -6,9 +6,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dnsrec_edge.cost.analysis import analyze, param_count
 from dnsrec_edge.models.sasrec import SASRec
-from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.search.controllers import MixWeights
 from dnsrec_edge.search.space import Choice, SearchSpace
+from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.train.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -14,6 +14,7 @@ from dnsrec_edge.data.batching import left_pad
 from dnsrec_edge.errors import (
     ArchSpecError,
     CacheShapeMismatch,
+    CheckpointMismatch,
     NotStreaming,
     PositionOutOfRange,
     TrainConfigError,
@@ -133,7 +134,9 @@ def test_step_graph_metadata_describes_the_cache(step_onnx):
     _, path = step_onnx
     layout = read_layout(onnx.load(str(path)))
     assert layout["kind"] == "step" and layout["max_len"] == MAX_LEN
-    assert [c["shape"] for c in layout["cache"]] == [[1, 2, MAX_LEN, 8]] * 2 + [[1, 1, MAX_LEN, 8]] * 2
+    assert [c["shape"] for c in layout["cache"]] == [[1, 2, MAX_LEN, 8]] * 2 + [
+        [1, 1, MAX_LEN, 8]
+    ] * 2
     assert layout["outputs"][:3] == ["scores", "topk_items", "topk_scores"]
     assert layout["cache_bytes_per_user"] == 4 * MAX_LEN * 8 * (2 + 2 + 1 + 1)
 
@@ -168,7 +171,9 @@ def test_session_bad_input_leaves_the_cache_unchanged(step_onnx):
             session.push(bad)
     with pytest.raises(PositionOutOfRange, match=f"past the cache's {MAX_LEN} positions"):
         session.restore(StreamState(list(range(1, MAX_LEN + 2)), before.cache))
-    with pytest.raises(CacheShapeMismatch, match="holds 3 cache tensors but the step model takes 4"):
+    with pytest.raises(
+        CacheShapeMismatch, match="holds 3 cache tensors but the step model takes 4"
+    ):
         session.restore(StreamState([1], before.cache[:3]))
     wrong = [c[:, :, :-1] for c in before.cache]
     with pytest.raises(CacheShapeMismatch, match=r"cache tensor 0 \(k_0\) is float32"):
@@ -237,8 +242,8 @@ def test_export_streaming_refuses_a_left_padded_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_compiled_step_session_and_bench(tmp_path):
     from dnsrec_edge.bench.run import benchmark
-    from dnsrec_edge.compile.session import StreamingSession
     from dnsrec_edge.compile.build import compile as compile_model
+    from dnsrec_edge.compile.session import StreamingSession
     from dnsrec_edge.export.streaming import export_streaming
 
     model = _model()
@@ -280,3 +285,69 @@ def test_step_work_is_one_position_plus_the_cache():
     assert work.matmul_flops < analyze(arch).matmul_flops / 10
     assert cache_bytes(arch) == 2 * 2 * 4 * 200 * 64 == 204_800
     assert predict_step(FlopsModel(), arch).flops == work.flops
+
+
+@pytest.mark.emulated_arm64
+@pytest.mark.slow
+@pytest.mark.tvm
+@pytest.mark.skipif(
+    __import__("shutil").which("qemu-aarch64") is None
+    or __import__("shutil").which("aarch64-linux-gnu-gcc") is None,
+    reason="needs qemu-user and gcc-aarch64-linux-gnu (scripts/bootstrap.sh installs them)",
+)
+def test_streaming_on_the_emulated_arm64_board(tmp_path):
+    import signal
+    from pathlib import Path
+
+    from test_device_servers import Proc
+
+    from dnsrec_edge.bench.emulate import free_port
+    from dnsrec_edge.board import rpc as rpc_mod
+    from dnsrec_edge.compile.build import compile as compile_model
+    from dnsrec_edge.compile.session import StreamingSession
+    from dnsrec_edge.export.streaming import export_streaming
+
+    onnx_path = export_streaming(_model(), tmp_path / "step.onnx")
+    artifact = compile_model(onnx_path, "arm64", tmp_path / "arm64", quiet=True)
+    port = free_port()
+    cli = str(Path(sys.executable).parent / "dnsrec-edge")
+    board = Proc(
+        [cli, "device", "emulate", "arm64", "--port", str(port)], ready="board serving TVM RPC on"
+    )
+    try:
+        board.wait_ready(900)
+        remote = rpc_mod.connect(f"127.0.0.1:{port}")
+        on_board = StreamingSession.from_artifact(artifact, remote=remote)
+        reference = StreamingSession.from_onnx(onnx_path)
+        for item in _history(2 * MAX_LEN, seed=4):  # crosses the window re-prime
+            a, b = on_board.push(item), reference.push(item)
+            assert a.items.tolist() == b.items.tolist()
+            np.testing.assert_allclose(on_board.last_scores, reference.last_scores, atol=1e-4)
+        assert on_board.reprimes == 2
+    finally:
+        board.proc.send_signal(signal.SIGTERM)
+        code = board.proc.wait(60)
+    assert code == 0, board.lines
+
+
+def test_compile_refuses_another_batch_for_a_step_graph(step_onnx, tmp_path):
+    _, path = step_onnx
+    result = CliRunner().invoke(
+        main, ["compile", str(path), "-t", "x86_64", "-o", str(tmp_path / "a"), "--batch", "2"]
+    )
+    assert result.exit_code == 1
+    assert f"Error: '{path}' is a step graph exported for batch 1, not 2; pass --batch 1" in (
+        result.output
+    )
+
+
+def test_pruning_keeps_the_position_layout():
+    from dnsrec_edge.prune.baseline import prune_baseline
+    from dnsrec_edge.prune.materialize import prune_to
+
+    model = _model(blocks=(BlockSpec(2, 8, 32),) * 2)
+    result = prune_baseline(model, 0.5, finetune=False)
+    assert result.model.arch.positions == "start_anchored"
+    small = ArchSpec(N_ITEMS, MAX_LEN, 16, (BlockSpec(1, 8, 16),))  # left_padded
+    with pytest.raises(CheckpointMismatch, match="positions left_padded != start_anchored"):
+        prune_to(model, small)

@@ -141,3 +141,18 @@ def test_bf16_training_learns_and_keeps_float32_weights(ml100k_small):
 def test_unknown_precision_is_refused():
     with pytest.raises(TrainConfigError, match="precision .fp16. is not one of fp32, bf16"):
         TrainConfig(precision="fp16")
+
+
+def test_resume_from_a_damaged_training_state_is_one_safe_sentence(ml100k_small, tmp_path):
+    config = TrainConfig(epochs=1, **{**TINY, "max_len": 10})
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"\x80\x02garbage that is no torch file")
+    with pytest.raises(InputFileError) as err:
+        train_model(_model(ml100k_small, config), ml100k_small, config, out, quiet=True, resume=True)
+    message = str(err.value)
+    assert message == (
+        f"training state '{out / 'last.pt'}' is damaged or not a dnsrec-edge training state; "
+        "start again with --force"
+    )
+    assert "weights_only" not in message

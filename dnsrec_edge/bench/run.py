@@ -352,7 +352,6 @@ def benchmark(
             art, rpc=rpc, tracker=tracker, key=key, threads=threads, warmup=warmup,
             repeat=repeat, number=number, steps=session_steps, out=out, force=force,
         )  # fmt: skip
-    shape = manifest["inputs"][0]["shape"]
     power, target_threads = _target_priors(manifest["target"])
     opts = {
         "threads": threads,
@@ -368,25 +367,7 @@ def benchmark(
         "library_arch": library_arch(Path(art.path)),
     }
     mode, address, links = _links(rpc, tracker, key, devices)
-    import tvm
-
-    tuning = manifest.get("tuning") or {}
-    report = BenchReport(
-        artifact=str(art.path),
-        artifact_sha256=art.sha256,
-        target=manifest["target"],
-        arch=opts["library_arch"],
-        batch=int(shape[0]),
-        seq_len=int(shape[1]),
-        archspec=manifest.get("archspec"),
-        tuned=bool(tuning.get("trials") or tuning.get("scheduled_funcs")),
-        library_bytes=art.library.stat().st_size,
-        mode=mode,
-        address=address,
-        key=key if mode == "tracker" else None,
-        host_tvm_version=tvm.__version__,
-        settings={k: v for k, v in opts.items() if k not in ("power", "library_arch")},
-    )
+    report = _new_report(art, opts, mode, address, key if mode == "tracker" else None)
     for link in links:
         board = BoardResult(label=link.label)
         report.boards.append(board)
@@ -400,17 +381,48 @@ def benchmark(
             raise
     report.complete = True
     if record:
-        for board in report.boards:
-            if board.device.get("emulated"):
-                log.info("board %s is emulated: not recorded as a measurement", board.label)
-                continue
-            try:
-                path = _record(report, board, art, calibration_dir)
-            except (OutputNotWritable, CalibrationError) as err:
-                report.record_error = str(err)
-                log.warning("the measurement on %s was not recorded: %s", board.label, err)
-                continue
-            log.info("recorded the measurement on %s in %s", board.label, path)
+        _record_boards(report, art, calibration_dir)
     if out is not None:
         report.save(out)
     return report
+
+
+def _new_report(art: Any, opts: dict, mode: str, address: str | None, key: str | None):
+    """The empty report of one run: what was benched, where and with which settings."""
+    import tvm
+
+    manifest = art.manifest
+    shape = manifest["inputs"][0]["shape"]
+    tuning = manifest.get("tuning") or {}
+    return BenchReport(
+        artifact=str(art.path),
+        artifact_sha256=art.sha256,
+        target=manifest["target"],
+        arch=opts["library_arch"],
+        batch=int(shape[0]),
+        seq_len=int(shape[1]),
+        archspec=manifest.get("archspec"),
+        tuned=bool(tuning.get("trials") or tuning.get("scheduled_funcs")),
+        library_bytes=art.library.stat().st_size,
+        mode=mode,
+        address=address,
+        key=key,
+        host_tvm_version=tvm.__version__,
+        settings={k: v for k, v in opts.items() if k not in ("power", "library_arch")},
+    )
+
+
+def _record_boards(report: BenchReport, art: Any, calibration_dir: Any) -> None:
+    """Append each non-emulated board's measurement to the store; a store that cannot be
+    written leaves the report complete and says so in ``report.record_error``."""
+    for board in report.boards:
+        if board.device.get("emulated"):
+            log.info("board %s is emulated: not recorded as a measurement", board.label)
+            continue
+        try:
+            path = _record(report, board, art, calibration_dir)
+        except (OutputNotWritable, CalibrationError) as err:
+            report.record_error = str(err)
+            log.warning("the measurement on %s was not recorded: %s", board.label, err)
+            continue
+        log.info("recorded the measurement on %s in %s", board.label, path)

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from dnsrec_edge import __version__
-from dnsrec_edge.compile.session import StreamingSession
 from dnsrec_edge.board import probe as probe_mod
 from dnsrec_edge.board import rpc as rpc_mod
 from dnsrec_edge.compile.artifact import Artifact, load_artifact
+from dnsrec_edge.compile.session import StreamingSession
 from dnsrec_edge.compile.streaming import REFERENCE_INPUT, REFERENCE_OUTPUT, check_step
 from dnsrec_edge.errors import DeviceError
 from dnsrec_edge.fsio import atomic_write_json, ensure_new

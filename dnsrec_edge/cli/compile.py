@@ -140,15 +140,19 @@ def targets_group():
 @targets_group.command("list")
 @targets_dir_option
 def targets_list(targets_dir):
-    """One line per target: name, aliases, arch, device, description."""
-    from dnsrec_edge.compile.targets import list_targets
+    """One line per target: name, aliases, arch, device, description; then `host`."""
+    from dnsrec_edge.compile.targets import HOST, host_target, list_targets
 
-    for t in list_targets(targets_dir):
+    targets = list_targets(targets_dir)
+    for t in targets:
         aliases = ", ".join(t.aliases)
         click.echo(
             f"{t.name:15s} {t.arch:8s} {t.device:5s} {t.description}"
             + (f"  [{aliases}]" if aliases else "")
         )
+    if all(t.name != HOST for t in targets):
+        here = host_target(targets_dir)
+        click.echo(f"{HOST:15s} {here.arch:8s} {here.device:5s} -> {here.name}: {here.description}")
 
 
 @targets_group.command("show")

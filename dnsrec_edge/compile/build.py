@@ -274,15 +274,66 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
         if tune:
             raise CompileError("--tune does not cover streaming step graphs yet; drop --tune")
         return streaming.compile_streaming(
-            onnx_path, tgt, out, compiler, quiet=quiet, started=started
-        )
+            onnx_path, tgt, out, compiler, batch=batch, seq_len=seq_len, quiet=quiet,
+            started=started,
+        )  # fmt: skip
     model = load_onnx(onnx_path)
     shape = static_shape(model, batch, seq_len)
     check_operators(model)
     tvm_target = tgt.tvm_target()
     db_path = Path(tuning_db) if tuning_db is not None else None
 
-    settings = {
+    if not quiet:
+        _settings_table(
+            _settings(
+                onnx_path, tgt, compiler, model, shape, tune, trials, minutes, board, out, db_path
+            )
+        )
+
+    mod = import_relax(model, shape)
+    mod = lower_to_tir(mod, tvm_target)
+    if db_path is None:
+        db_path = tuning.default_database_dir(tgt, mod)
+    log.info("tuning database: %s", db_path)
+    measure = (rpc, tracker, key) if board else None
+    database, tune_info = _tuning_database(
+        mod, tgt, tvm_target, db_path, compiler, tune, trials, minutes, measure, quiet
+    )
+    mod, kernels = _schedule(mod, tgt, tvm_target, database, tune_info)
+    executable = _build(mod, tvm_target, onnx_path, tgt)
+    ref_in = reference_input(model, shape, n_items=_n_items(model, shape))
+    ref_out = run_onnxruntime(model, ref_in)[0]
+    return _write_artifact(
+        out,
+        executable,
+        compiler,
+        tgt,
+        ref_in,
+        ref_out,
+        lambda files: _manifest(
+            tgt, model, shape, ref_out, files, onnx_path, tune_info, kernels, started
+        ),
+        f"the {tgt.name} build of '{onnx_path}'",
+    )
+
+
+def _settings(
+    onnx_path: Path,
+    tgt: Target,
+    compiler: str | None,
+    model: OnnxModel,
+    shape: list[int],
+    tune: bool,
+    trials: int,
+    minutes: float | None,
+    board: str | None,
+    out: Path,
+    db_path: Path | None,
+) -> dict[str, Any]:
+    """The resolved settings, shown before the build starts."""
+    from dnsrec_edge.compile import tuning
+
+    return {
         "model": onnx_path,
         "target": f"{tgt.requested} -> {tgt.name} ({tgt.description})"
         if tgt.requested
@@ -302,20 +353,30 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
         "tuning database": db_path
         or f"one per target and model shapes under {tuning.database_root()}",
     }
-    if not quiet:
-        _settings_table(settings)
 
-    mod = import_relax(model, shape)
-    mod = lower_to_tir(mod, tvm_target)
-    if db_path is None:
-        db_path = tuning.default_database_dir(tgt, mod)
-    log.info("tuning database: %s", db_path)
+
+def _tuning_database(
+    mod: Any,
+    tgt: Target,
+    tvm_target: Any,
+    db_path: Path,
+    compiler: str | None,
+    tune: bool,
+    trials: int,
+    minutes: float | None,
+    measure: tuple[str | None, str | None, str | None] | None,
+    quiet: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """The tuning database the build applies (tuned now, an existing one, or ``None``) and
+    what the manifest says about it. ``measure``: ``(rpc, tracker, key)`` of a board to time
+    the candidates on, or ``None`` for this host."""
+    from dnsrec_edge.compile import tuning
 
     tune_info = {"database": None, "trials": 0, "scheduled_funcs": 0, "seconds": 0.0}
     database = None
     if tune:
         t0 = time.perf_counter()
-        measurer = _board_measurer(tgt, compiler, rpc, tracker, key) if board else None
+        measurer = _board_measurer(tgt, compiler, *measure) if measure else None
         database = tuning.tune(
             mod, tgt, tvm_target, db_path, trials, measurer=measurer, quiet=quiet, minutes=minutes
         )
@@ -329,6 +390,14 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
         database = tuning.open_database(db_path)
     if database is not None:
         tune_info["database"] = str(db_path)
+    return database, tune_info
+
+
+def _schedule(
+    mod: Any, tgt: Target, tvm_target: Any, database: Any, tune_info: dict[str, Any]
+) -> tuple[Any, dict[str, int]]:
+    """Schedule every kernel (tuned records first); the module and the kernel counts."""
+    from dnsrec_edge.compile import tuning
     from dnsrec_edge.compile.schedules import count_scheduled
 
     if database is not None:
@@ -344,17 +413,75 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
         total,
         tune_info["scheduled_funcs"],
     )
+    return mod, {"scheduled": scheduled, "total": total}
 
+
+def _build(mod: Any, tvm_target: Any, onnx_path: Path, tgt: Target) -> Any:
+    """The executable; TVM's (untyped) codegen errors become one CompileError."""
     try:
-        executable = build_executable(mod, tvm_target)
+        return build_executable(mod, tvm_target)
     except Exception as err:  # TVM's codegen errors are untyped
         raise CompileError(
             f"TVM could not build '{onnx_path}' for target '{tgt.name}' ({str(err).splitlines()[-1][:200]})"
         ) from err
 
-    ref_in = reference_input(model, shape, n_items=_n_items(model, shape))
-    ref_out = run_onnxruntime(model, ref_in)[0]
 
+def _manifest(
+    tgt: Target,
+    model: OnnxModel,
+    shape: list[int],
+    ref_out: np.ndarray,
+    files: dict[str, str],
+    onnx_path: Path,
+    tune_info: dict[str, Any],
+    kernels: dict[str, int],
+    started: float,
+) -> dict[str, Any]:
+    """``manifest.json``: versions, target, shapes, the files' sha256s, tuning, timing."""
+    return {
+        "schema": art.SCHEMA,
+        "tool_version": __version__,
+        **_versions(),
+        "target": tgt.name,
+        "target_requested": tgt.requested or tgt.name,
+        "cpu_features": list(tgt.features),
+        "target_dict": tgt.tvm,
+        "host_dict": tgt.host,
+        "arch": tgt.arch,
+        "device": tgt.device,
+        "threads": tgt.threads,
+        "inputs": [{"name": model.input_name, "shape": shape, "dtype": "int64"}],
+        "outputs": [
+            {
+                "name": model.output_names[0],
+                "shape": list(ref_out.shape),
+                "dtype": str(ref_out.dtype),
+            }
+        ],
+        "files": files,
+        "onnx_sha256": sha256_file(onnx_path),
+        "archspec": model.archspec,
+        "tuning": tune_info,
+        "kernels": kernels,
+        "compile_seconds": round(time.perf_counter() - started, 2),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "entry": "main",
+    }
+
+
+def _write_artifact(
+    out: Path,
+    executable: Any,
+    compiler: str | None,
+    tgt: Target,
+    ref_in: np.ndarray,
+    ref_out: np.ndarray,
+    manifest_for: Any,
+    what: str,
+) -> art.Artifact:
+    """Write library, reference input/output and ``manifest_for(files' sha256s)`` into a
+    folder beside ``out``; check the library's ELF machine and, where it runs here, its output
+    against ONNX Runtime; then rename it into place."""
     try:  # built beside the output folder, then renamed into place
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -373,44 +500,15 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
             )
         np.save(tmp / art.REFERENCE_INPUT, ref_in)
         np.save(tmp / art.REFERENCE_OUTPUT, ref_out)
-        manifest = {
-            "schema": art.SCHEMA,
-            "tool_version": __version__,
-            **_versions(),
-            "target": tgt.name,
-            "target_requested": tgt.requested or tgt.name,
-            "cpu_features": list(tgt.features),
-            "target_dict": tgt.tvm,
-            "host_dict": tgt.host,
-            "arch": tgt.arch,
-            "device": tgt.device,
-            "threads": tgt.threads,
-            "inputs": [{"name": model.input_name, "shape": shape, "dtype": "int64"}],
-            "outputs": [
-                {
-                    "name": model.output_names[0],
-                    "shape": list(ref_out.shape),
-                    "dtype": str(ref_out.dtype),
-                }
-            ],
-            "files": {
-                name: sha256_file(tmp / name)
-                for name in (art.LIBRARY, art.REFERENCE_INPUT, art.REFERENCE_OUTPUT)
-            },
-            "onnx_sha256": sha256_file(onnx_path),
-            "archspec": model.archspec,
-            "tuning": tune_info,
-            "kernels": {"scheduled": scheduled, "total": total},
-            "compile_seconds": round(time.perf_counter() - started, 2),
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "entry": "main",
+        files = {
+            name: sha256_file(tmp / name)
+            for name in (art.LIBRARY, art.REFERENCE_INPUT, art.REFERENCE_OUTPUT)
         }
+        manifest = manifest_for(files)
         atomic_write_json(tmp / art.MANIFEST, manifest)
         result = art.Artifact(path=tmp, manifest=manifest)
         if result.runs_here():
-            diff = compare_outputs(
-                result.run_local(ref_in), ref_out, f"the {tgt.name} build of '{onnx_path}'"
-            )
+            diff = compare_outputs(result.run_local(ref_in), ref_out, what)
             log.info("matches ONNX Runtime: max abs diff %.2g, identical top-%d", diff, TOPK)
         art.install_artifact(tmp, out)  # an earlier artifact's own files only (force)
     finally:
@@ -441,7 +539,16 @@ def _n_items(model: OnnxModel, shape: list[int]) -> int:
     if spec and "n_items" in spec:
         return int(spec["n_items"])
     # fall back on the score width: run once on padding only
-    return int(run_onnxruntime(model, np.zeros(shape, dtype=np.int64))[0].shape[-1])
+    width = int(run_onnxruntime(model, np.zeros(shape, dtype=np.int64))[0].shape[-1])
+    # ... capped by the embedding table the ids index (a file that scores the padding row
+    # too has one column more than it has items: id `width` would be out of range)
+    tables = {t.name: t.dims for t in model.proto.graph.initializer}
+    for node in model.proto.graph.node:
+        if node.op_type == "Gather" and node.input[1] == model.input_name:
+            rows = tables.get(node.input[0])
+            if rows:
+                width = min(width, int(rows[0]) - 1)
+    return max(width, 1)
 
 
 def _export(executable, lib: Path, compiler: str | None, tgt: Target) -> None:

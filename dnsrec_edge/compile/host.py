@@ -52,9 +52,9 @@ class HostCpu:
     def preset(self) -> str:
         """Name of the shipped preset this CPU runs best."""
         if self.arch == "x86_64":
-            if X86_V4 <= self.flags:
+            if X86_V4.issubset(self.flags):
                 return "x86_64-avx512"
-            if X86_V3 <= self.flags:
+            if X86_V3.issubset(self.flags):
                 return "x86_64-avx2"
             return "x86_64"
         if self.arch == "aarch64":

@@ -4,8 +4,12 @@ TVM's default CPU pipeline leaves every kernel as naive scalar loops (~16x slowe
 Runtime here), and dlight's CPU rules only cover inner-reduction GEMV and norms. These rules
 give every kernel a real schedule in one deterministic pass, without search:
 
-- matmul (spatial iters then one reduction): register tile rows x vector columns, reduction
-  in between, accumulators in a local cache, epilogue (bias, relu, mask) folded in;
+- matmul (spatial iters then one reduction): register tile rows x whole vectors of columns,
+  sized by the target's SIMD width and register count (:func:`simd_bits`), reduction in
+  between, accumulators in a local cache, epilogue (bias, relu, mask) folded in; a matmul
+  whose columns are not a whole number of vectors (attention scores over 50 or 200 keys) is
+  padded with ``pad_einsum`` first, since TVM scalarises a vector loop with a tail (constant
+  weights are padded earlier, at the Relax level: :mod:`dnsrec_edge.compile.rewrites`);
 - row reductions (LayerNorm, softmax): one row per iteration, vectorised element-wise parts;
 - injective kernels (gather, reshape + transpose, masks): inlined into one loop nest,
   flattened and vectorised.

@@ -69,9 +69,7 @@ class _OrtRunner:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def upload(self, array: np.ndarray) -> Any:
@@ -120,7 +118,9 @@ class StreamingSession:
         self.max_len = int(layout["max_len"])
         self.n_items = int(layout["n_items"])
         self.batch = int(layout["batch"])
-        self.keep = self.max_len // 2 if keep is None else int(keep)  # models.streaming.default_keep
+        self.keep = (
+            self.max_len // 2 if keep is None else int(keep)
+        )  # models.streaming.default_keep
         if not 0 <= self.keep < self.max_len:
             raise PositionOutOfRange(
                 f"keep {self.keep} is outside 0..{self.max_len - 1} (the cache holds "

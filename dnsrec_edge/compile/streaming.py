@@ -123,12 +123,15 @@ def compile_streaming(
     out: Path,
     compiler: str | None,
     *,
+    batch: int = 1,
+    seq_len: int | None = None,
     quiet: bool = False,
     started: float | None = None,
 ) -> art.Artifact:
-    """Build the step graph at ``onnx_path`` for ``tgt`` into the artifact folder ``out``."""
-    from tvm.relax.frontend.onnx import from_onnx
+    """Build the step graph at ``onnx_path`` for ``tgt`` into the artifact folder ``out``.
 
+    The graph's shapes are fixed at export: ``batch`` must be its batch, and a step has no
+    sequence length to pass (``seq_len`` must be None or the model's ``max_len``)."""
     from dnsrec_edge.compile.build import (
         _export,
         _settings_table,
@@ -142,6 +145,23 @@ def compile_streaming(
     started = started or time.perf_counter()
     proto = _load(onnx_path)
     layout = streaming_layout_of(onnx_path)
+    if batch != int(layout["batch"]):
+        raise InputFileError(
+            f"'{onnx_path}' is a step graph exported for batch {layout['batch']}, not {batch}; "
+            f"pass --batch {layout['batch']} or re-export with --streaming --batch {batch}"
+        )
+    if seq_len is not None and seq_len != int(layout["max_len"]):
+        raise InputFileError(
+            f"'{onnx_path}' is a step graph whose cache holds {layout['max_len']} positions; "
+            "drop --seq-len (a step takes one item)"
+        )
+    if layout.get("topk"):
+        log.warning(
+            "'%s' has an in-graph top-k: TVM lowers it to tvm.contrib.sort.topk, which a "
+            "runtime-only TVM on a board lacks; export it without --topk for boards "
+            "(the streaming session ranks the scores itself)",
+            onnx_path,
+        )
     inputs, outputs = _io_specs(proto)
     if any(None in i["shape"] for i in inputs):
         raise InputFileError(
@@ -161,6 +181,8 @@ def compile_streaming(
                 "output": out,
             }
         )
+    from tvm.relax.frontend.onnx import from_onnx
+
     tvm_target = tgt.tvm_target()
     try:
         mod = from_onnx(
@@ -201,7 +223,9 @@ def compile_streaming(
                 f"check the target's mtriple and cross compiler '{tgt.cross_compiler}'"
             )
         np.savez(tmp / REFERENCE_INPUT, **feeds)
-        np.savez(tmp / REFERENCE_OUTPUT, **{o["name"]: a for o, a in zip(outputs, ref_out)})
+        np.savez(
+            tmp / REFERENCE_OUTPUT, **dict(zip((o["name"] for o in outputs), ref_out, strict=True))
+        )
         manifest = {
             "schema": art.SCHEMA,
             "tool_version": __version__,
@@ -216,7 +240,8 @@ def compile_streaming(
             "outputs": outputs,
             "streaming": layout,
             "files": {
-                name: sha256_file(tmp / name) for name in (art.LIBRARY, REFERENCE_INPUT, REFERENCE_OUTPUT)
+                name: sha256_file(tmp / name)
+                for name in (art.LIBRARY, REFERENCE_INPUT, REFERENCE_OUTPUT)
             },
             "onnx_sha256": sha256_file(onnx_path),
             "archspec": _archspec(proto),

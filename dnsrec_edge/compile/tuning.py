@@ -315,6 +315,8 @@ def tune(
     """
     from tvm.s_tir import meta_schedule as ms
 
+    deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+    state = {"time_up": False}
     measurer = measurer or Measurer()
     check_can_tune(target, remote=measurer.remote)
     register_cpu_intrinsics(target)
@@ -341,28 +343,41 @@ def tune(
         per_iter = max(8, min(32, trials // max(1, len(tasks))))
         # the default callbacks minus RemoveBuildArtifact: our artifacts live in memory
         callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()]
-        if minutes is not None:
-            callbacks.append(_deadline_callback(time.monotonic() + 60.0 * minutes))
+        if deadline is not None:
+            callbacks.append(_deadline_callback(deadline, state))
         if not quiet:
             callbacks = [*callbacks, _progress_callback(trials)]
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=str(db_path),
-            max_trials_global=trials,
-            num_trials_per_iter=per_iter,
-            builder=builder,
-            runner=runner,
-            database=database,
-            measure_callbacks=callbacks,
-        )
+        try:
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(db_path),
+                max_trials_global=trials,
+                num_trials_per_iter=per_iter,
+                builder=builder,
+                runner=runner,
+                database=database,
+                measure_callbacks=callbacks,
+            )
+        except Exception:  # the deadline's _TimeUp comes back wrapped by TVM's FFI
+            if not state["time_up"]:
+                raise
+            log.info("tuning stopped: its %g-minute budget is spent", minutes)
     finally:
         measurer.close()
     return database
 
 
-def _deadline_callback(deadline: float):
-    """A measure callback that ends every task once ``time.monotonic()`` passes ``deadline``."""
+class _TimeUp(Exception):
+    """Raised by the deadline callback to end ``tune_tasks`` (its records are already saved)."""
+
+
+def _deadline_callback(deadline: float, state: dict):
+    """A measure callback that stops tuning once ``time.monotonic()`` passes ``deadline``.
+
+    MetaSchedule's task scheduler runs every task once before it looks at terminations, so
+    the callback raises instead; ``state["time_up"]`` tells the caller that it did. It runs
+    after ``AddToDatabase``: the batch just measured is kept."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
@@ -371,11 +386,9 @@ def _deadline_callback(deadline: float):
         def apply(
             self, task_scheduler, task_id, measure_candidates, builder_results, runner_results
         ):
-            if time.monotonic() < deadline:
-                return
-            for index, record in enumerate(task_scheduler.tasks_):
-                if not record.is_terminated:
-                    task_scheduler.terminate_task(index)
+            if time.monotonic() >= deadline:
+                state["time_up"] = True
+                raise _TimeUp(f"the tuning time budget ran out at task {task_id}")
 
     return Deadline()
 

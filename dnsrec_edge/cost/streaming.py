@@ -34,7 +34,9 @@ def analyze_step(arch: ArchSpec, batch: int = 1, topk: int = 0) -> Work:
     b, cache, d, n = batch, arch.max_len, arch.hidden, arch.n_items
     work = Work(batch=b, seq_len=1)
     # id and position guards, two gathers, scale + add, padding mask; slot and causal masks
-    work.add("embedding", other=3 * b * d + 4 * b, elems=2 * b + 3 * b * d + 2 * b * cache, kernels=8)
+    work.add(
+        "embedding", other=3 * b * d + 4 * b, elems=2 * b + 3 * b * d + 2 * b * cache, kernels=8
+    )
     if any(blk.gate_hidden for blk in arch.blocks):
         _layernorm(work, b, d)
     for blk in arch.blocks:

@@ -212,6 +212,7 @@ class StreamingValidation:
     top10_agreement: float  # share of steps whose top-10 list equals the full recompute's
     keep: int
     inputs: str
+    tied_steps: int = 0  # steps whose top-10 order differs only among scores tied within error
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -260,7 +261,7 @@ def validate_streaming(
     session = StreamingSession.from_onnx(path, keep=keep)
     ref = full_recompute(model, histories, session.keep, steps)
     k = min(k, model.arch.n_items)
-    problems, max_diff, agree, total = [], 0.0, 0, 0
+    problems, max_diff, agree, total, ties = [], 0.0, 0, 0, 0
     for h, (history, expected) in enumerate(zip(histories, ref, strict=True)):
         session.reset()
         got = np.zeros_like(expected)
@@ -269,17 +270,24 @@ def validate_streaming(
             got[t] = session.last_scores[0]
         result = compare_scores(got, expected, atol=atol, k=k, reference="a full recompute")
         max_diff, total = max(max_diff, result.max_abs_diff), total + len(expected)
+        ties += result.tied_rows
         agree += int(np.sum(np.all(topk_indices(got, k) == topk_indices(expected, k), axis=1)))
         if not result.ok and len(problems) < 5:  # rows are the history's steps
             problems.append(f"history {h}: " + result.summary(2).replace("row ", "step "))
     if problems:
         raise OutputMismatch(
             f"the step graph '{path}' disagrees with a full recompute (tolerance {atol:g}, "
-            f"top-{k}) on {len(histories)} replayed histories; re-export it: "
-            + "; ".join(problems)
+            f"top-{k}) on {len(histories)} replayed histories; re-export it: " + "; ".join(problems)
         )
     return StreamingValidation(
-        str(path), len(histories), total, max_diff, agree / max(total, 1), session.keep, inputs
+        str(path),
+        len(histories),
+        total,
+        max_diff,
+        agree / max(total, 1),
+        session.keep,
+        inputs,
+        ties,
     )
 
 

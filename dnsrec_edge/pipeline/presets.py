@@ -51,7 +51,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "short": {
         # benchmarks/baseline.py's ml-100k recipe (TrainConfig's defaults): NDCG@10 0.104
         "baseline": {},
-        "search": {"max_len": 200, "epochs": 8, "warmup_epochs": 2, "max_warmup_epochs": 6},
+        "search": {
+            "max_len": 200,
+            "epochs": 5,
+            "warmup_epochs": 2,
+            "max_warmup_epochs": 3,
+            "sandwich_random": 1,
+        },
         "space": {},
         "finetune": dict(DISTILL),
         "candidates": {"max": 8},

@@ -205,7 +205,7 @@ def check_equivalence(
 def _check_fits(full: ArchSpec, arch: ArchSpec) -> None:
     """Every way ``arch`` cannot be cut out of ``full``, as one CheckpointMismatch."""
     problems = []
-    for field in ("n_items", "max_len", "hidden"):
+    for field in ("n_items", "max_len", "hidden", "positions"):
         if getattr(arch, field) != getattr(full, field):
             problems.append(f"{field} {getattr(arch, field)} != {getattr(full, field)}")
     if arch.depth > full.depth:

@@ -37,22 +37,9 @@ class CheckpointMetrics:
     metrics: dict[str, dict[str, dict[str, float]]]
 
 
-def checkpoint_dataset(
-    path: str | Path,
-    dataset: str | Path | None = None,
-    *,
-    min_count: int = 5,
-    fmt: str | None = None,
-    columns: dict[str, str] | None = None,
-    quiet: bool = False,
-) -> Dataset:
-    """``dataset`` as given, or (``None``) the one the checkpoint at ``path`` was trained on,
-    read and preprocessed with the checkpoint's own reader, columns and k-core."""
-    extra = read_checkpoint(path).get("extra", {})
-    return _dataset(path, extra, dataset, min_count, fmt, columns, quiet)
-
-
 def _dataset(path, extra, dataset, min_count, fmt, columns, quiet) -> Dataset:
+    """``dataset`` as given, or (``None``) the one the checkpoint was trained on, read and
+    preprocessed with the checkpoint's own reader, columns and k-core (from its ``extra``)."""
     name: Any = dataset
     if name is None:
         source = extra.get("dataset_source", {})
@@ -78,7 +65,8 @@ def evaluate_checkpoint(
     quiet: bool = False,
 ) -> CheckpointMetrics:
     """Full, uni100 and pop100 metrics of ``checkpoint`` (a ``model.pt`` or its run folder)
-    on each of ``parts``; the dataset as :func:`checkpoint_dataset` finds it."""
+    on each of ``parts``: of ``dataset``, or without it of the dataset the checkpoint names,
+    read and preprocessed as it was then."""
     set_threads(threads)
     checkpoint = Path(checkpoint)
     path = checkpoint / "model.pt" if checkpoint.is_dir() else checkpoint

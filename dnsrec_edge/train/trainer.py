@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -441,10 +440,15 @@ def _restore(
         raise InputFileError(f"no training state '{path}' to resume from; start without --resume")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+    except Exception as err:  # garbage raises assorted errors; torch's hint is unsafe advice
         raise InputFileError(
-            f"cannot read training state '{path}' ({err}); start again with --force"
+            f"training state '{path}' is damaged or not a dnsrec-edge training state; start "
+            "again with --force"
         ) from err
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise InputFileError(
+            f"'{path}' is not a dnsrec-edge training state; start again with --force"
+        )
     if payload.get("dataset") != dataset.fingerprint:
         raise CheckpointMismatch(
             f"run folder '{path.parent}' was trained on another dataset; resume it with the same dataset "
