@@ -200,7 +200,7 @@ def bench_dataset(name: str, args) -> None:
     )
     base_model = SASRec(baseline_arch(dataset, train_cfg))
     for pct in args.budgets:
-        budget = f"flops={pct:g}%"
+        budget = f"flops={pct:g}%supernet"  # the share these committed results used
         log.info("%s %s", name, budget)
         result, models = run_budget(
             dataset,
@@ -234,7 +234,7 @@ def bench_dataset(name: str, args) -> None:
         "fixed_penalty": (replace(search_cfg, penalty="fixed"), space),
         "shared_alpha": (replace(search_cfg, shared_alpha=True), space),
     }
-    budget = f"flops={args.ablation_budget:g}%"
+    budget = f"flops={args.ablation_budget:g}%supernet"
     for key in args.ablations:
         cfg, sp = variants[key]
         log.info("%s ablation %s at %s", name, key, budget)

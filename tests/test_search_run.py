@@ -232,3 +232,19 @@ def test_cli_search_end_to_end_on_a_file(ml100k_small, tmp_path):
     assert (
         f"Error: output '{out}' already exists; choose another path or pass --force" in res.output
     )
+
+
+def test_load_baseline_reads_the_arch_and_the_runs_validation_ndcg(run, ml100k_small, tmp_path):
+    from dnsrec_edge.errors import InputFileError
+    from dnsrec_edge.search.run import load_baseline
+    from dnsrec_edge.train.checkpoint import save_checkpoint
+
+    arch = ArchSpec.uniform(ml100k_small.n_items, MAX_LEN, 16, 2, 1)
+    path = save_checkpoint(tmp_path / "base" / "model.pt", SASRec(arch), ml100k_small.fingerprint)
+    assert load_baseline(path) == (arch, None)
+    metrics = {"metrics": {"valid": {"full": {"ndcg@10": 0.0871}}}}
+    (tmp_path / "base" / "metrics.json").write_text(json.dumps(metrics))
+    assert load_baseline(path) == (arch, 0.0871)
+    _, out = run
+    with pytest.raises(InputFileError, match="is not a trained SASRec baseline"):
+        load_baseline(out / "supernet.pt")

@@ -17,10 +17,17 @@ from dnsrec_edge.cli.options import calibration_dir_option, threads_option
     "--budget",
     "-b",
     required=True,
-    help="Resource budget KIND=VALUE: flops=25% (share of the full supernet), flops=30M, "
-    "latency=1.5ms or energy=2mJ (latency and energy need --target).",
+    help="Resource budget KIND=VALUE: latency=40% (share of the baseline's latency on "
+    "--target; on this host measured under ONNX Runtime), flops=25% (of the baseline's FLOPs), "
+    "flops=25%supernet (of the full supernet), flops=30M, latency=1.5ms or energy=2mJ.",
 )
 @click.option("--target", "-t", help="Hardware target whose cost model prices latency/energy.")
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The trained baseline's model.pt: what a % budget is a share of, and (with its run "
+    "folder's metrics.json) the warm-up's goal. Default: the SASRec of 'train's defaults.",
+)
 @click.option(
     "--epochs", default=10, show_default=True, type=click.IntRange(min=2), help="Search epochs."
 )
@@ -76,7 +83,7 @@ from dnsrec_edge.cli.options import calibration_dir_option, threads_option
     help="Initial (dynamic) or constant (fixed) penalty weight.",
 )
 @click.option(
-    "--batch-size", default=128, show_default=True, type=click.IntRange(min=1), help="Batch size."
+    "--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Batch size."
 )
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @threads_option("torch")
@@ -96,6 +103,7 @@ def search_cmd(
     dataset: str,
     budget: str,
     target: str | None,
+    baseline: Path | None,
     epochs: int,
     max_len: int,
     warmup: int | None,
@@ -120,7 +128,13 @@ def search_cmd(
     from dnsrec_edge.data.load import load_dataset
     from dnsrec_edge.search.budget import parse_budget
     from dnsrec_edge.search.loop import SearchConfig
-    from dnsrec_edge.search.run import search
+    from dnsrec_edge.search.run import (
+        default_baseline_arch,
+        host_measurers,
+        load_baseline,
+        runs_on_this_host,
+        search,
+    )
     from dnsrec_edge.search.space import SearchSpace
 
     quiet = ctx.obj.get("quiet", False)
@@ -148,6 +162,10 @@ def search_cmd(
         attention=("softmax", "linear") if linear_attention else ("softmax",),
         gate_hidden=gate_hidden,
     )
+    base_arch, base_valid = load_baseline(baseline) if baseline else (None, None)
+    cost_model = measure = None
+    if parsed.kind == "latency" and runs_on_this_host(target):
+        cost_model, measure = host_measurers(base_arch or default_baseline_arch(space))
     result = search(
         data,
         parsed,
@@ -158,6 +176,10 @@ def search_cmd(
         calibration_dir=calibration_dir,
         force=force,
         quiet=quiet,
+        baseline=base_arch,
+        baseline_valid=base_valid,
+        measure=measure,
+        cost_model=cost_model,
     )
     if as_json:
         import json
@@ -185,7 +207,8 @@ def search_cmd(
     )
     click.echo(f"selected depth {result.arch.depth}: {blocks_text}")
     click.echo(
-        f"cost {result.cost / scale:.4g} {unit} ({100 * result.share:.1f}% of the full supernet), "
+        f"cost {result.cost / scale:.4g} {unit} ({100 * result.share:.1f}% of "
+        f"{'the baseline' if parsed.relative_to == 'baseline' else 'the full supernet'}), "
         f"budget {result.limit / scale:.4g} {unit}; valid NDCG@10 {result.valid['ndcg@10']:.4f} "
         f"(epoch {result.best_epoch})"
     )

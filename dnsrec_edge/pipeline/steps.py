@@ -8,7 +8,6 @@ modules (torch, TVM, ONNX) are imported inside the functions.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -139,6 +138,7 @@ def run_baseline(plan: Plan, ctx: StageContext) -> dict[str, Any]:
 def search_settings(plan: Plan) -> dict[str, Any]:
     """The search stage's settings; a latency/energy budget adds the cost model it reads."""
     from dnsrec_edge.search.budget import parse_budget
+    from dnsrec_edge.search.run import runs_on_this_host
 
     budget = parse_budget(plan.budget)
     settings = {
@@ -149,7 +149,7 @@ def search_settings(plan: Plan) -> dict[str, Any]:
     }
     if budget.kind != "flops":
         settings |= {"target": plan.target, "cost_model": cost_model_id(plan)}
-    if budget.kind == "latency" and bench_mode(plan)[0] == "local":
+    if budget.kind == "latency" and runs_on_this_host(plan.target):
         # this host: the costs and the front's latency shares are measured (ONNX Runtime)
         settings |= {"measure": "ort", "cost_model": "measured on this host (ONNX Runtime)"}
     return settings
@@ -197,11 +197,9 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     baseline = ctx["baseline"].result
     measure = cost_model = None
     if ctx.settings.get("measure") == "ort":  # this host: measure, do not predict
-        from dnsrec_edge.export.ort_timing import OrtLatencyModel, ort_shares
+        from dnsrec_edge.search.run import host_measurers
 
-        base_arch = ArchSpec.from_dict(baseline["arch"])
-        measure = functools.partial(ort_shares, reference=base_arch, threads=1)
-        cost_model = OrtLatencyModel(threads=1)
+        cost_model, measure = host_measurers(ArchSpec.from_dict(baseline["arch"]))
     res = search(
         ds,
         ctx.settings["budget"],

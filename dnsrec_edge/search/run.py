@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ from dnsrec_edge import __version__
 from dnsrec_edge.cost.model import CostModel, FlopsModel
 from dnsrec_edge.data.dataset import Dataset
 from dnsrec_edge.data.load import load_dataset
-from dnsrec_edge.errors import BudgetError, OutputExists
+from dnsrec_edge.errors import BudgetError, InputFileError, OutputExists
 from dnsrec_edge.fsio import append_jsonl, atomic_write_json, atomic_write_text
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.search.budget import Budget, parse_budget
@@ -38,7 +39,7 @@ from dnsrec_edge.search.front import FrontPoint, Measure, pick, score_front
 from dnsrec_edge.search.loop import LoopResult, SearchConfig, run_search
 from dnsrec_edge.search.space import Choice, SearchSpace
 from dnsrec_edge.search.supernet import Supernet
-from dnsrec_edge.train.checkpoint import save_checkpoint
+from dnsrec_edge.train.checkpoint import read_checkpoint, save_checkpoint
 from dnsrec_edge.train.trainer import set_threads
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,45 @@ def budget_cost_model(
     from dnsrec_edge.cost.calibrated import load_cost_model
 
     return load_cost_model(target, calibration_dir), target
+
+
+def runs_on_this_host(target: str | None) -> bool:
+    """True when ``target`` is a CPU target of this host's architecture (it can be measured
+    here, without a board)."""
+    from dnsrec_edge.bench.boards import bench_mode
+
+    return target is not None and bench_mode(target, False, None, None)[0] == "local"
+
+
+def host_measurers(baseline: ArchSpec, threads: int = 1) -> tuple[CostModel, Measure]:
+    """The cost model and front measurer of a latency budget on this host: costs measured
+    under ONNX Runtime, the front's shares measured beside ``baseline`` in one run."""
+    from dnsrec_edge.export.ort_timing import OrtLatencyModel, ort_shares
+
+    return OrtLatencyModel(threads=threads), functools.partial(
+        ort_shares, reference=baseline, threads=threads
+    )
+
+
+def load_baseline(checkpoint: str | Path) -> tuple[ArchSpec, float | None]:
+    """A trained baseline's architecture and, from its run folder's ``metrics.json``, its
+    validation NDCG@10 (``None`` when the folder holds none)."""
+    import json
+
+    path = Path(checkpoint)
+    payload = read_checkpoint(path)
+    if payload.get("kind") != "sasrec" or not payload.get("arch"):
+        raise InputFileError(
+            f"'{path}' is not a trained SASRec baseline; pass the model.pt of a 'dnsrec-edge "
+            "train' run folder"
+        )
+    arch = ArchSpec.from_dict(payload["arch"])
+    metrics = path.parent / "metrics.json"
+    try:
+        valid = json.loads(metrics.read_text(encoding="utf-8"))["metrics"]["valid"]["full"]
+        return arch, float(valid["ndcg@10"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return arch, None
 
 
 def default_baseline_arch(space: SearchSpace) -> ArchSpec:
