@@ -56,69 +56,59 @@ def metrics_of(res) -> dict:
     return {k: full[k] for k in ("hr@10", "ndcg@10", "mrr@10")}
 
 
-def one_seed(seed: int, variants: list[str], threads: int) -> dict:
+def one_seed(seed: int, variants: list[str], threads: int, save) -> None:
+    """Run the ``variants`` for ``seed``; ``save(seed, baseline, name, entry)`` after each."""
     run = ROOT / "runs" / f"default-seed{seed}" / "stages"
     ds = load_dataset("ml-100k", quiet=True)
-    teacher_path = run / "baseline" / "train" / "model.pt"
-    teacher, _ = load_checkpoint(teacher_path, ds.fingerprint)
-    base_metrics = json.loads((run / "baseline" / "done.json").read_text())["result"]["test"]
-    base_ndcg = base_metrics["full"]["ndcg@10"]
-    base_valid = json.loads((run / "baseline" / "done.json").read_text())["result"]["valid"]
+    teacher, _ = load_checkpoint(run / "baseline" / "train" / "model.pt", ds.fingerprint)
+    done = json.loads((run / "baseline" / "done.json").read_text())["result"]
+    baseline = {k: done["test"]["full"][k] for k in ("hr@10", "ndcg@10", "mrr@10")}
     train = TrainConfig(**PRESET["baseline"], seed=seed, threads=threads)
     distill = replace(train, **PRESET["finetune"])
-    out: dict[str, dict] = {}
-    default_run = run / "search" / "run"
     work = ROOT / "runs" / f"ablations-seed{seed}"
-    jobs = []
-    if "no-distill" in variants:
-        jobs.append(("no-distill", default_run, "finetune", train))
-    if "scratch" in variants:
-        jobs.append(("scratch", default_run, "scratch", train))
-    for name, (cfg, space_kw) in SEARCH_VARIANTS.items():
-        if name not in variants:
-            continue
+    for name in variants:
         t0 = time.perf_counter()
-        config = SearchConfig(**{**PRESET["search"], **cfg}, seed=seed, threads=threads)
-        space = SearchSpace(ds.n_items, config.max_len, **space_kw)
-        res = search(
-            ds,
-            DEFAULT_BUDGETS["short"],
-            work / name,
-            "host",
-            config=config,
-            space=space,
-            baseline=teacher.arch,
-            baseline_valid=base_valid["ndcg@10"],
-            measure=lambda archs: ort_shares(archs, teacher.arch),
-            cost_model=OrtLatencyModel(threads=1),  # as the pipeline does on this host
-            force=True,
-            quiet=True,
-        )
-        log.info(
-            "seed %d %s: searched in %.0f s: %s", seed, name, time.perf_counter() - t0, res.arch
-        )
-        jobs.append((name, work / name, "distill", distill))
-    for name, run_dir, mode, config in jobs:
-        t0 = time.perf_counter()
+        if name in SEARCH_VARIANTS:
+            cfg, space_kw = SEARCH_VARIANTS[name]
+            config = SearchConfig(**{**PRESET["search"], **cfg}, seed=seed, threads=threads)
+            res = search(
+                ds,
+                DEFAULT_BUDGETS["short"],
+                work / name,
+                "host",
+                config=config,
+                space=SearchSpace(ds.n_items, config.max_len, **space_kw),
+                baseline=teacher.arch,
+                baseline_valid=done["valid"]["ndcg@10"],
+                measure=lambda archs: ort_shares(archs, teacher.arch),
+                cost_model=OrtLatencyModel(threads=1),  # as the pipeline does on this host
+                force=True,
+                quiet=True,
+            )
+            log.info(
+                "seed %d %s: searched in %.0f s: %s", seed, name, time.perf_counter() - t0, res.arch
+            )
+            run_dir, mode, config = work / name, "distill", distill
+        else:  # the default search's subnet, trained another way
+            run_dir, mode = (
+                run / "search" / "run",
+                {"no-distill": "finetune", "scratch": "scratch"}[name],
+            )
+            config = train
         res = retrain(
             run_dir, mode, config=config, dataset=ds, force=True, quiet=True, teacher=teacher
         )
         arch = ArchSpec.load(Path(run_dir) / "arch.json")
         m = metrics_of(res)
-        out[name] = {
+        entry = {
             **m,
-            "ndcg_share": m["ndcg@10"] / base_ndcg,
+            "ndcg_share": m["ndcg@10"] / baseline["ndcg@10"],
             "arch": arch.to_dict(),
             "ort_share": ort_shares([arch], teacher.arch)[0],
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        log.info(
-            "seed %d %s: NDCG@10 %.4f (%.3fx)", seed, name, m["ndcg@10"], out[name]["ndcg_share"]
-        )
-    return {
-        "baseline": {k: base_metrics["full"][k] for k in ("hr@10", "ndcg@10", "mrr@10")},
-        "variants": out,
-    }
+        log.info("seed %d %s: NDCG@10 %.4f (%.3fx)", seed, name, m["ndcg@10"], entry["ndcg_share"])
+        save(seed, baseline, name, entry)
 
 
 def summarise(per_seed: dict[int, dict]) -> dict:
@@ -151,21 +141,22 @@ def main() -> None:
     path = RESULTS / "ablations.json"
     old = json.loads(path.read_text()) if path.exists() else {"per_seed": {}}
     per_seed = {int(k): v for k, v in old.get("per_seed", {}).items()}
+
+    def save(seed: int, baseline: dict, name: str, entry: dict) -> None:
+        record = per_seed.setdefault(seed, {"variants": {}})
+        record["baseline"] = baseline
+        record["variants"][name] = entry
+        summary = {
+            "dataset": "ml-100k",
+            "preset": "short",
+            "budget": DEFAULT_BUDGETS["short"],
+            "per_seed": per_seed,
+            "summary": summarise(per_seed),
+        }
+        atomic_write_json(path, summary)
+
     for seed in args.seeds:
-        result = one_seed(seed, args.variants, args.threads)
-        entry = per_seed.setdefault(seed, {"variants": {}})
-        entry["baseline"] = result["baseline"]
-        entry["variants"].update(result["variants"])
-        atomic_write_json(
-            path,
-            {
-                "dataset": "ml-100k",
-                "preset": "short",
-                "budget": DEFAULT_BUDGETS["short"],
-                "per_seed": per_seed,
-                "summary": summarise(per_seed),
-            },
-        )
+        one_seed(seed, args.variants, args.threads, save)
     print(json.dumps(summarise(per_seed), indent=1))
 
 

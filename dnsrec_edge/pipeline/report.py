@@ -156,7 +156,10 @@ def plot_accuracy(data: Mapping[str, Any]) -> bytes | None:
                     label=p["label"],
                 )
         if any(p["kind"] == "cand" and p["measured"] for p in pts):
-            ax.scatter([], [], s=34, color=COLORS["cand"], label="search candidate")
+            label = "search candidate"
+            if axis == "latency":
+                label = data.get("candidate_label", label)
+            ax.scatter([], [], s=34, color=COLORS["cand"], label=label)
         if any(p["kind"] == "cand" and not p["measured"] for p in pts):
             ax.scatter(
                 [],

@@ -9,7 +9,6 @@ modules (torch, TVM, ONNX) are imported inside the functions.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,6 @@ from typing import Any
 from dnsrec_edge.errors import DataError, InputFileError, UnknownDataset
 from dnsrec_edge.fsio import atomic_write_json, sha256_file
 from dnsrec_edge.pipeline.stages import StageContext
-
-log = logging.getLogger(__name__)
 
 MODELS = ("baseline", "dnsrec")
 
