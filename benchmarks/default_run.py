@@ -31,8 +31,8 @@ def _done(run: Path, stage: str) -> dict:
     return json.loads((run / "stages" / stage / "done.json").read_text())["result"]
 
 
-def one_seed(seed: int, keep: bool) -> dict:
-    run = ROOT / "runs" / f"default-seed{seed}"
+def one_seed(seed: int, keep: bool, prefix: str) -> dict:
+    run = ROOT / "runs" / f"{prefix}-seed{seed}"
     if run.exists() and not keep:
         shutil.rmtree(run)
     cmd = [str(ROOT / ".venv" / "bin" / "dnsrec-edge"), "--quiet", "pipeline", "--seed", str(seed)]
@@ -84,10 +84,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--keep", action="store_true", help="resume existing run folders")
     parser.add_argument("--note", default="", help="how the machine was shared during the runs")
+    parser.add_argument("--prefix", default="default", help="run folders runs/PREFIX-seedS")
     args = parser.parse_args()
-    runs = [one_seed(s, args.keep) for s in args.seeds]
+    runs = [one_seed(s, args.keep, args.prefix) for s in args.seeds]
     result = {
-        "command": "dnsrec-edge pipeline --seed S --out runs/default-seedS",
+        "command": f"dnsrec-edge pipeline --seed S --out runs/{args.prefix}-seedS",
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "note": args.note,

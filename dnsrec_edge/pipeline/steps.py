@@ -371,11 +371,12 @@ def run_bench(plan: Plan, ctx: StageContext) -> dict[str, Any]:
                     "artifact_sha256",
                 )
             }
+            results[name]["threads"] = (data.get("boards") or [{}])[0].get("threads")
     if mode == "local":  # the runtime users would pick instead, on the same ONNX files
         from dnsrec_edge.export.ort_timing import time_onnx
 
         paths = {name: ctx["export"].file(f"{name}.onnx") for name in MODELS}
-        threads = opts.get("threads") or 1
+        threads = results["baseline"].get("threads") or 1  # the threads TVM ran with
         stats = time_onnx(list(paths.values()), threads=threads, repeat=opts.get("repeat", 30))
         for name, path in paths.items():
             results[name]["ort_latency_ms"] = stats[str(path)]
