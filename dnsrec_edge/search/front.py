@@ -55,6 +55,21 @@ class FrontPoint:
         return asdict(self)
 
 
+def hard_valid(
+    model: Supernet, dataset: Dataset, choice: Choice, max_len: int, batch_size: int = 512
+) -> dict[str, float]:
+    """Full-ranking validation metrics of the hard path ``choice`` with the shared weights
+    (the model is left in the mode it was in)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), model.selected(choice):
+        valid = evaluate(
+            model.predict, dataset, "valid", max_len, protocols=("full",), batch_size=batch_size
+        )["full"]
+    model.train(was_training)
+    return valid
+
+
 def most_probable_in_budget(
     controller: ArchController, table: CostTable, limit: float, k: int = 1
 ) -> list[Choice]:
@@ -109,12 +124,8 @@ def score_front(
             lp = model.controller.log_prob(choice)
             points[choice] = FrontPoint(choice, lp, table.of(choice), {})
         points[choice].sources.append(label)
-    model.eval()
     for point in points.values():
-        with torch.no_grad(), model.selected(point.choice):
-            point.valid = evaluate(
-                model.predict, dataset, "valid", max_len, protocols=("full",), batch_size=batch_size
-            )["full"]
+        point.valid = hard_valid(model, dataset, point.choice, max_len, batch_size)
     front = sorted(points.values(), key=lambda p: p.cost)
     if measure is not None:
         shares = measure([model.space.arch(p.choice) for p in front])

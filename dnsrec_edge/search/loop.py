@@ -39,11 +39,10 @@ import torch
 from dnsrec_edge.data.batching import train_batches
 from dnsrec_edge.data.dataset import Dataset
 from dnsrec_edge.errors import DataError
-from dnsrec_edge.evaluate import evaluate
 from dnsrec_edge.progress import track
 from dnsrec_edge.search.constraint import PENALTY_MODES, CostTable, Penalty, depth_factor
 from dnsrec_edge.search.controllers import anneal
-from dnsrec_edge.search.front import most_probable_in_budget
+from dnsrec_edge.search.front import hard_valid, most_probable_in_budget
 from dnsrec_edge.search.sandwich import sandwich_step
 from dnsrec_edge.search.space import Choice
 from dnsrec_edge.search.supernet import Supernet
@@ -278,18 +277,8 @@ def _set_lr(
 
 def _largest_valid(model: Supernet, dataset: Dataset, config: SearchConfig) -> float:
     """Validation NDCG@10 of the largest hard path (max depth, widest candidates)."""
-    model.eval()
-    with torch.no_grad(), model.selected(model.space.widest()):
-        valid = evaluate(
-            model.predict,
-            dataset,
-            "valid",
-            config.max_len,
-            protocols=("full",),
-            batch_size=config.eval_batch_size,
-        )["full"]
-    model.train()
-    return valid["ndcg@10"]
+    widest = model.space.widest()
+    return hard_valid(model, dataset, widest, config.max_len, config.eval_batch_size)["ndcg@10"]
 
 
 def _weight_batches(dataset: Dataset, users: np.ndarray, config: SearchConfig, epoch: int):
@@ -334,15 +323,7 @@ def _end_epoch(
     argmax_cost = table.of(argmax)
     choice = argmax if argmax_cost <= limit else most_probable_in_budget(ctrl, table, limit)[0]
     cost = table.of(choice)
-    with model.selected(choice):
-        valid = evaluate(
-            model.predict,
-            dataset,
-            "valid",
-            config.max_len,
-            protocols=("full",),
-            batch_size=config.eval_batch_size,
-        )["full"]
+    valid = hard_valid(model, dataset, choice, config.max_len, config.eval_batch_size)
     with torch.no_grad():
         expected = float(table.expected(ctrl.probs()))
     record = {
