@@ -297,7 +297,7 @@ def main() -> None:
         "Weights are untrained (seeded); latency does not depend on them. 'profile' is per "
         "thread count: TVM kernels timed one by one with their real arguments (the rest is "
         "'vm overhead'), ONNX Runtime from its own profiler (the rest is 'session overhead').",
-        "command": "bash -c '.venv/bin/python benchmarks/compile.py'",
+        "command": ".venv/bin/python benchmarks/compile.py",
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "models": results,
         "archs": {

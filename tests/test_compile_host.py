@@ -104,3 +104,10 @@ def test_a_user_host_file_replaces_detection(tmp_path):
 def test_host_cpu_to_dict():
     cpu = HostCpu("x86_64", "x", frozenset({"avx2"}), 2)
     assert cpu.to_dict()["preset"] == "x86_64"
+
+
+def test_bench_uses_the_boards_cores_for_auto_presets():
+    from dnsrec_edge.bench.run import _target_priors
+
+    assert _target_priors("x86_64-avx512")[1] is None  # "auto": the board's available cores
+    assert _target_priors("rpi4")[1] == 4

@@ -55,7 +55,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "max_len": 200,
             "epochs": 5,
             "warmup_epochs": 2,
-            "max_warmup_epochs": 3,
+            "max_warmup_epochs": 2,
             "sandwich_random": 1,
         },
         "space": {},
