@@ -1,7 +1,7 @@
 """Ablations of DNS-Rec's search and subnet training, mean ± std over seeds (ml-100k default).
 
 Each seed reuses the embedded default run of ``benchmarks/default_run.py``
-(``runs/default-seed{S}``: its trained baseline and its search) and adds:
+(``runs/{--runs}-seed{S}``: its trained baseline and its search) and adds:
 
 - ``no-distill``: the default search's subnet, inherited, trained without distillation;
 - ``scratch``: the default search's architecture trained from scratch (the paper's retrain);
@@ -14,7 +14,7 @@ HR@10 / NDCG@10 / MRR@10 (full ranking), the share of the seed's baseline NDCG@1
 architecture, and its ONNX Runtime latency share of the baseline (batch 1, one thread, one
 interleaved run). Results: ``benchmarks/results/ablations.json``.
 
-    python benchmarks/ablations.py --seeds 0 1 2
+    python benchmarks/ablations.py --seeds 0 1 2 --runs quickstart
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def metrics_of(res) -> dict:
     return {k: full[k] for k in ("hr@10", "ndcg@10", "mrr@10")}
 
 
-def one_seed(seed: int, variants: list[str], threads: int, save) -> None:
+def one_seed(seed: int, variants: list[str], threads: int, save, prefix: str) -> None:
     """Run the ``variants`` for ``seed``; ``save(seed, baseline, name, entry)`` after each."""
-    run = ROOT / "runs" / f"default-seed{seed}" / "stages"
+    run = ROOT / "runs" / f"{prefix}-seed{seed}" / "stages"
     ds = load_dataset("ml-100k", quiet=True)
     teacher, _ = load_checkpoint(run / "baseline" / "train" / "model.pt", ds.fingerprint)
     done = json.loads((run / "baseline" / "done.json").read_text())["result"]
@@ -136,6 +136,9 @@ def main() -> None:
         "--variants", nargs="+", default=["no-distill", "scratch", *SEARCH_VARIANTS]
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--runs", default="default", help="the default runs to build on: runs/RUNS-seedS"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     path = RESULTS / "ablations.json"
@@ -156,7 +159,7 @@ def main() -> None:
         atomic_write_json(path, summary)
 
     for seed in args.seeds:
-        one_seed(seed, args.variants, args.threads, save)
+        one_seed(seed, args.variants, args.threads, save, args.runs)
     print(json.dumps(summarise(per_seed), indent=1))
 
 

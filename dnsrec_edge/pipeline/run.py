@@ -3,7 +3,7 @@
 
 Example::
 
-    result = pipeline("ml-100k", target="x86_64", budget="flops=25%", out="runs/demo",
+    result = pipeline("ml-100k", target="host", budget="latency=40%", out="runs/demo",
                       artifact_targets=("arm64",), preset="short")
     result.report_html, result.timings()
 """
