@@ -19,6 +19,7 @@ import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from dnsrec_edge.errors import ExportError, OutputMismatch, OutputNotWritable
 from dnsrec_edge.fsio import atomic_write_bytes, ensure_new
+from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.models.sasrec import SASRec
 
 log = logging.getLogger(__name__)
@@ -86,8 +88,6 @@ def export_onnx(
 
         export_onnx(model, "model.onnx", topk=10, metadata={"dataset": fingerprint})
     """
-    import onnx
-
     path = Path(path)
     arch = model.arch
     if batch is not None and batch < 1:
@@ -100,6 +100,26 @@ def export_onnx(
     require_writable_folder(path.parent)
 
     proto = _trace(model, batch, topk)
+    write_checked(proto, path, arch, batch, topk, metadata, check_graph, "graph")
+    log.debug("exported %s (%s batch, topk %d, opset %d)", path, batch or "dynamic", topk, OPSET)
+    return path
+
+
+def write_checked(
+    proto,
+    path: Path,
+    arch: ArchSpec,
+    batch: int | None,
+    topk: int,
+    metadata: dict[str, Any] | None,
+    check: Callable[[Any], None],
+    what: str,
+    extra_props: dict[str, str] | None = None,
+) -> None:
+    """Stamp the toolkit's metadata props on ``proto``, check it with ``onnx.checker`` and
+    ``check``, and write it to ``path`` atomically (``what`` names the graph in errors)."""
+    import onnx
+
     props = {
         "archspec": json.dumps(arch.to_dict(), separators=(",", ":")),
         "n_items": str(arch.n_items),
@@ -108,6 +128,7 @@ def export_onnx(
         "topk": str(topk),
         "batch": "dynamic" if batch is None else str(batch),
         "id_guard": ID_GUARD,
+        **(extra_props or {}),
     }
     props.update({str(k).removeprefix(META_PREFIX): str(v) for k, v in (metadata or {}).items()})
     onnx.helper.set_model_props(proto, {META_PREFIX + k: v for k, v in props.items()})
@@ -115,12 +136,10 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as err:
         raise OutputMismatch(
-            f"the exported graph fails onnx.checker ({err}); please report it"
+            f"the exported {what} fails onnx.checker ({err}); please report it"
         ) from err
-    check_graph(proto)
+    check(proto)
     atomic_write_bytes(path, proto.SerializeToString())
-    log.debug("exported %s (%s batch, topk %d, opset %d)", path, props["batch"], topk, OPSET)
-    return path
 
 
 def _trace(model: SASRec, batch: int | None, topk: int):

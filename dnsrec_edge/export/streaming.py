@@ -30,15 +30,14 @@ from dnsrec_edge.compare import TOLERANCE, TOPK, compare_scores, topk_indices
 from dnsrec_edge.errors import CheckpointMismatch, ExportError, OutputMismatch
 from dnsrec_edge.export.onnx_export import (
     ALLOWED_OPS,
-    ID_GUARD,
     META_PREFIX,
     OPSET,
     _depends_on,
     _quiet_exporter,
-    _tool_version,
     require_writable_folder,
+    write_checked,
 )
-from dnsrec_edge.fsio import atomic_write_bytes, ensure_new
+from dnsrec_edge.fsio import ensure_new
 from dnsrec_edge.models.sasrec import SASRec
 from dnsrec_edge.models.streaming import (
     StreamingStep,
@@ -107,7 +106,6 @@ def export_streaming(
 
         export_streaming(model, "step.onnx", topk=10)
     """
-    import onnx
 
     path = Path(path)
     arch = model.arch
@@ -122,26 +120,10 @@ def export_streaming(
     require_writable_folder(path.parent)
     layout = streaming_layout(model, batch, topk)
     proto = _trace(model, batch, topk, layout)
-    props = {
-        "archspec": json.dumps(arch.to_dict(), separators=(",", ":")),
-        "n_items": str(arch.n_items),
-        "dataset": "",
-        "version": _tool_version(),
-        "topk": str(topk),
-        "batch": str(batch),
-        "id_guard": ID_GUARD,
-        STREAMING_KEY: json.dumps(layout, separators=(",", ":")),
-    }
-    props.update({str(k).removeprefix(META_PREFIX): str(v) for k, v in (metadata or {}).items()})
-    onnx.helper.set_model_props(proto, {META_PREFIX + k: v for k, v in props.items()})
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as err:
-        raise OutputMismatch(
-            f"the exported step graph fails onnx.checker ({err}); please report it"
-        ) from err
-    check_step_graph(proto)
-    atomic_write_bytes(path, proto.SerializeToString())
+    layout_prop = {STREAMING_KEY: json.dumps(layout, separators=(",", ":"))}
+    write_checked(
+        proto, path, arch, batch, topk, metadata, check_step_graph, "step graph", layout_prop
+    )
     log.debug("exported step graph %s (batch %d, topk %d)", path, batch, topk)
     return path
 
