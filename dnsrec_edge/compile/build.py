@@ -482,22 +482,10 @@ def _write_artifact(
     """Write library, reference input/output and ``manifest_for(files' sha256s)`` into a
     folder beside ``out``; check the library's ELF machine and, where it runs here, its output
     against ONNX Runtime; then rename it into place."""
-    try:  # built beside the output folder, then renamed into place
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as err:
-        raise OutputNotWritable(
-            f"cannot write to folder '{out.parent}' ({err.strerror}); choose a writable folder"
-        ) from err
+    tmp = staging_folder(out)
     try:
         lib = tmp / art.LIBRARY
-        _export(executable, lib, compiler, tgt)
-        found = elf_machine(lib)
-        if found != tgt.arch:
-            raise CompileError(
-                f"the library built for '{tgt.name}' is {found} code, not {tgt.arch}; "
-                f"check the target's mtriple and cross compiler '{tgt.cross_compiler}'"
-            )
+        export_checked(executable, lib, compiler, tgt)
         np.save(tmp / art.REFERENCE_INPUT, ref_in)
         np.save(tmp / art.REFERENCE_OUTPUT, ref_out)
         files = {
@@ -549,6 +537,28 @@ def _n_items(model: OnnxModel, shape: list[int]) -> int:
             if rows:
                 width = min(width, int(rows[0]) - 1)
     return max(width, 1)
+
+
+def staging_folder(out: Path) -> Path:
+    """A new hidden folder beside ``out`` to build an artifact in before renaming it there."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise OutputNotWritable(
+            f"cannot write to folder '{out.parent}' ({err.strerror}); choose a writable folder"
+        ) from err
+
+
+def export_checked(executable, lib: Path, compiler: str | None, tgt: Target) -> None:
+    """Export the library to ``lib`` and check its ELF machine is the target's."""
+    _export(executable, lib, compiler, tgt)
+    found = elf_machine(lib)
+    if found != tgt.arch:
+        raise CompileError(
+            f"the library built for '{tgt.name}' is {found} code, not {tgt.arch}; "
+            f"check the target's mtriple and cross compiler '{tgt.cross_compiler}'"
+        )
 
 
 def _export(executable, lib: Path, compiler: str | None, tgt: Target) -> None:

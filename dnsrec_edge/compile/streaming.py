@@ -24,9 +24,8 @@ import numpy as np
 from dnsrec_edge import __version__
 from dnsrec_edge.compare import TOLERANCE, compare_scores
 from dnsrec_edge.compile import artifact as art
-from dnsrec_edge.compile.elf import elf_machine
 from dnsrec_edge.compile.targets import Target
-from dnsrec_edge.errors import CompileError, InputFileError, OutputMismatch, OutputNotWritable
+from dnsrec_edge.errors import CompileError, InputFileError, OutputMismatch
 from dnsrec_edge.fsio import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -133,12 +132,13 @@ def compile_streaming(
     The graph's shapes are fixed at export: ``batch`` must be its batch, and a step has no
     sequence length to pass (``seq_len`` must be None or the model's ``max_len``)."""
     from dnsrec_edge.compile.build import (
-        _export,
         _settings_table,
         _versions,
         build_executable,
+        export_checked,
         lower_to_tir,
         schedule_module,
+        staging_folder,
     )
     from dnsrec_edge.compile.schedules import count_scheduled
 
@@ -206,22 +206,10 @@ def compile_streaming(
         ) from err
     feeds, ref_out = reference_step(proto, layout)
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as err:
-        raise OutputNotWritable(
-            f"cannot write to folder '{out.parent}' ({err.strerror}); choose a writable folder"
-        ) from err
+    tmp = staging_folder(out)
     try:
         lib = tmp / art.LIBRARY
-        _export(executable, lib, compiler, tgt)
-        found = elf_machine(lib)
-        if found != tgt.arch:
-            raise CompileError(
-                f"the library built for '{tgt.name}' is {found} code, not {tgt.arch}; "
-                f"check the target's mtriple and cross compiler '{tgt.cross_compiler}'"
-            )
+        export_checked(executable, lib, compiler, tgt)
         np.savez(tmp / REFERENCE_INPUT, **feeds)
         np.savez(
             tmp / REFERENCE_OUTPUT, **dict(zip((o["name"] for o in outputs), ref_out, strict=True))
