@@ -44,6 +44,7 @@ def test_bench_uses_the_threads_of_the_measured_cost_model():
         (["--rpc", "h:1", "--emulate"], 2, "choose at most one of --rpc, --rpc-tracker"),
         (["--emulate", "--target", "x86_64"], 1, "Error: --emulate runs arm64 targets only"),
         (["--budget", "latency=fast"], 1, "Error: cannot parse budget 'latency=fast'"),
+        (["--budget", "step-latency=1ms"], 1, "Error: the pipeline ships whole-sequence models"),
         (["--dataset", "ml-2m"], 1, "Error: unknown dataset 'ml-2m'"),
         (["--target", "arm46"], 1, "Error: unknown target 'arm46'"),
         (["--dataset", "nope/missing.csv"], 1, "Error: dataset file 'nope/missing.csv' does not"),

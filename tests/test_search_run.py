@@ -23,7 +23,7 @@ from dnsrec_edge.train.trainer import TrainConfig
 MAX_LEN = 20
 ACCEPTED = (
     "latency=25% (share of the baseline), flops=25%supernet (share of the full supernet), "
-    "flops=30M, latency=1.5ms or energy=2mJ"
+    "flops=30M, latency=1.5ms, energy=2mJ or step-latency=0.05ms (one streaming step)"
 )
 
 
@@ -154,6 +154,40 @@ def test_latency_budget_needs_a_target(ml100k_small, tmp_path):
             config=_config(),
             space=_space(ml100k_small),
         )
+
+
+@pytest.mark.slow
+def test_a_step_latency_budget_searches_a_subnet_that_streams(ml100k_small, tmp_path):
+    from dnsrec_edge.cost.calibrated import load_cost_model
+    from dnsrec_edge.cost.streaming import predict_step
+    from dnsrec_edge.export.streaming import export_streaming_checkpoint
+
+    space = _space(ml100k_small, positions="start_anchored")
+    res = search(
+        ml100k_small, "step-latency=95%", tmp_path / "r", "x86_64",
+        config=_config(), space=space, quiet=True,
+    )  # fmt: skip
+    assert res.arch.positions == "start_anchored"
+    step_ms = predict_step(load_cost_model("x86_64"), res.arch).latency_ms
+    assert step_ms == pytest.approx(res.cost) and res.cost <= res.limit
+    run_json = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run_json["budget"]["kind"] == "step-latency"
+    assert run_json["cost_model"] == "StepCostModel"
+    tuned = retrain(tmp_path / "r", "finetune", config=_train_config(), dataset=ml100k_small,
+                    quiet=True)  # fmt: skip
+    assert tuned.model.arch.positions == "start_anchored"
+    ckpt = tmp_path / "r" / "retrain-finetune" / "model.pt"
+    _, check = export_streaming_checkpoint(ckpt, tmp_path / "step.onnx", rows=8)
+    assert check.max_abs_diff <= 1e-4 and check.steps > 0
+
+
+def test_a_step_latency_budget_refuses_a_left_padded_space(ml100k_small, tmp_path):
+    with pytest.raises(BudgetError, match="needs a start-anchored search space, not 'left_padded'"):
+        search(
+            ml100k_small, "step-latency=1ms", tmp_path / "r", "x86_64",
+            config=_config(), space=_space(ml100k_small),
+        )  # fmt: skip
+    assert not (tmp_path / "r").exists()
 
 
 def _invoke(*args):

@@ -27,7 +27,7 @@ def _one_thread():
 
 ACCEPTED = (
     "latency=25% (share of the baseline), flops=25%supernet (share of the full supernet), "
-    "flops=30M, latency=1.5ms or energy=2mJ"
+    "flops=30M, latency=1.5ms, energy=2mJ or step-latency=0.05ms (one streaming step)"
 )
 SPACE = SearchSpace(n_items=120, max_len=30, max_depth=3, gate_hidden=8)
 SPACE_LIN = SearchSpace(n_items=50, max_len=16, max_depth=2, attention=("softmax", "linear"))
@@ -47,6 +47,8 @@ SPACE_LIN = SearchSpace(n_items=50, max_len=16, max_depth=2, attention=("softmax
         ("latency=50%", Budget("latency", 0.5, "baseline")),
         ("energy=2mJ", Budget("energy", 2.0)),
         ("energy=0.5J", Budget("energy", 500.0)),
+        ("step-latency=50us", Budget("step-latency", 0.05)),
+        ("step-latency=10%", Budget("step-latency", 0.1, "baseline")),
     ],
 )
 def test_parse_budget_accepted_forms(text, expected):
@@ -63,7 +65,7 @@ def test_parse_budget_accepted_forms(text, expected):
         (
             "speed=3ms",
             f"unknown budget kind 'speed' in 'speed=3ms'; use one of flops, latency, "
-            f"energy as in {ACCEPTED}",
+            f"energy, step-latency as in {ACCEPTED}",
         ),
         ("latency=3", f"budget 'latency=3' needs a unit; use {ACCEPTED}"),
         (
@@ -96,8 +98,15 @@ def test_budget_limit():
     assert str(parse_budget("flops=25%supernet")) == "flops=25%supernet"
 
 
+def test_a_step_latency_budget_limits_the_latency_of_one_step():
+    budget = parse_budget("step-latency=0.05ms")
+    assert (budget.metric, budget.unit, budget.streaming) == ("latency", "ms", True)
+    assert str(budget) == "step-latency=0.05ms"
+    assert not parse_budget("latency=1ms").streaming
+
+
 def test_budget_round_trip_and_old_run_files():
-    for text in ("latency=25%", "flops=10%supernet", "energy=2mJ"):
+    for text in ("latency=25%", "flops=10%supernet", "energy=2mJ", "step-latency=20%"):
         budget = parse_budget(text)
         assert budget_from_dict(budget.to_dict()) == budget
     # run folders from before relative_to existed: a % budget was a share of the supernet
@@ -115,6 +124,14 @@ def test_space_candidates_and_round_trip():
     assert SearchSpace.from_dict(SPACE_LIN.to_dict()) == SPACE_LIN
     unsorted = SearchSpace(10, 8, heads=(1, 4, 2), ffn=(64, 256))
     assert unsorted.heads == (4, 2, 1) and unsorted.ffn == (256, 64)
+    assert "positions" not in SPACE.to_dict()  # spaces written before the field read the same
+    anchored = SearchSpace(120, 30, max_depth=3, gate_hidden=8, positions="start_anchored")
+    assert SearchSpace.from_dict(anchored.to_dict()) == anchored
+    one = Choice(1, ((0, 0),))
+    assert anchored.arch(one).positions == "start_anchored"
+    assert anchored.choice_of(anchored.arch(one)) == one
+    with pytest.raises(ArchSpecError, match="has 'left_padded' positions but the search space"):
+        anchored.choice_of(SPACE.arch(one))
 
 
 def test_space_refuses_what_it_cannot_build():

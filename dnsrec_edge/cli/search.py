@@ -19,7 +19,9 @@ from dnsrec_edge.cli.options import calibration_dir_option, threads_option
     required=True,
     help="Resource budget KIND=VALUE: latency=40% (share of the baseline's latency on "
     "--target; on this host measured under ONNX Runtime), flops=25% (of the baseline's FLOPs), "
-    "flops=25%supernet (of the full supernet), flops=30M, latency=1.5ms or energy=2mJ.",
+    "flops=25%supernet (of the full supernet), flops=30M, latency=1.5ms, energy=2mJ, or "
+    "step-latency=0.05ms / step-latency=10% (one streaming step: a new interaction with the "
+    "key/value cache kept; the supernet is then start-anchored).",
 )
 @click.option("--target", "-t", help="Hardware target whose cost model prices latency/energy.")
 @click.option(
@@ -65,6 +67,12 @@ from dnsrec_edge.cli.options import calibration_dir_option, threads_option
     show_default=True,
     type=click.IntRange(min=0),
     help="Hidden width of each data-aware gate (0: no gates).",
+)
+@click.option(
+    "--positions",
+    type=click.Choice(["left_padded", "start_anchored"]),
+    help="Position layout of the supernet and its subnets (default: start_anchored for a "
+    "step-latency budget, so the subnet can stream; else left_padded).",
 )
 @click.option("--shared-alpha", is_flag=True, help="One alpha for all blocks (the authors' code).")
 @click.option("--gumbel", is_flag=True, help="Gumbel-softmax mixing weights while training.")
@@ -112,6 +120,7 @@ def search_cmd(
     ffn: str,
     linear_attention: bool,
     gate_hidden: int,
+    positions: str | None,
     shared_alpha: bool,
     gumbel: bool,
     penalty: str,
@@ -161,6 +170,7 @@ def search_cmd(
         ffn=_ints(ffn, "--ffn"),
         attention=("softmax", "linear") if linear_attention else ("softmax",),
         gate_hidden=gate_hidden,
+        positions=positions or ("start_anchored" if parsed.streaming else "left_padded"),
     )
     base_arch, base_valid = load_baseline(baseline) if baseline else (None, None)
     cost_model = measure = None

@@ -12,10 +12,12 @@ Example::
 
     work = analyze_step(arch)              # FLOPs, bytes, kernels of one push
     cost = predict_step(load_cost_model("x86_64"), arch)
+    StepCostModel(load_cost_model("x86_64")).predict(arch)   # the same, as a CostModel
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from dnsrec_edge.cost.analysis import (
@@ -108,3 +110,18 @@ def predict_step(model: Any, arch: ArchSpec, target: Any = None) -> Cost:
     else:
         energy = model.facts.active_watts * latency  # W x ms = mJ
     return Cost(flops=float(work.flops), latency_ms=latency, energy_mj=float(energy))
+
+
+@dataclass(frozen=True)
+class StepCostModel:
+    """A target's cost model pricing one streaming step instead of a whole sequence: the
+    :class:`~dnsrec_edge.cost.model.CostModel` a ``step-latency`` budget searches with."""
+
+    model: Any
+
+    def predict(self, arch: ArchSpec, target: Any = None) -> Cost:
+        return predict_step(self.model, arch, target)
+
+    def fit(self, records: list[dict[str, Any]]) -> StepCostModel:
+        """Steps are priced with the whole-sequence model's coefficients; refit that one."""
+        return self

@@ -24,6 +24,7 @@ from dnsrec_edge.pipeline.presets import DEFAULT_BUDGETS, PRESETS, STAGE_NAMES, 
 from dnsrec_edge.pipeline.report_data import run_report
 from dnsrec_edge.pipeline.stages import Stage, StageOutput, run_stages
 from dnsrec_edge.pipeline.summaries import SUMMARIES
+from dnsrec_edge.search.budget import parse_budget
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,12 @@ def pipeline(
         raise UnknownName("preset", preset, PRESETS)
     if sum(bool(x) for x in (rpc, tracker, emulate)) > 1:
         raise PipelineError("choose at most one of --rpc, --rpc-tracker and --emulate")
+    if budget is not None and parse_budget(budget).streaming:
+        raise PipelineError(
+            f"the pipeline ships whole-sequence models, so it cannot take the streaming budget "
+            f"'{budget}'; search a streaming subnet with 'dnsrec-edge search --budget {budget}', "
+            "then retrain it and export it with 'export --streaming'"
+        )
     from dnsrec_edge.compile.targets import load_target
 
     tgt = load_target(target)

@@ -1,11 +1,15 @@
-"""Resource budgets: ``latency=25%``, ``flops=25%``, ``flops=30M``, ``latency=1.5ms``, ``energy=2mJ``.
+"""Resource budgets: ``latency=25%``, ``flops=25%``, ``flops=30M``, ``latency=1.5ms``, ``energy=2mJ``,
+``step-latency=0.05ms``.
 
 A ``%`` budget is a share of the trained **baseline**'s cost on the target: ``latency=25%`` is a
 quarter of the baseline's latency (measured when the target is reachable, else predicted by
 the target's cost model), ``flops=25%`` a quarter of its FLOPs. ``%supernet`` (e.g.
 ``flops=25%supernet``) spells the older share of the full supernet (max depth, widest
 candidates). Any other value is absolute. Latency and energy come from the target's cost
-model, so they need a target.
+model, so they need a target. ``step-latency`` is the latency of one streaming step (one new
+interaction with the key/value cache kept, ``models/streaming.py``), priced by the target's
+cost model through ``cost/streaming.py``; a search under it builds a start-anchored supernet,
+so the subnet it picks can stream.
 
 Example::
 
@@ -20,19 +24,20 @@ from dataclasses import dataclass
 
 from dnsrec_edge.errors import BudgetError
 
-KINDS = ("flops", "latency", "energy")
+KINDS = ("flops", "latency", "energy", "step-latency")
 RELATIVE_TO = ("baseline", "supernet")
 UNITS = {
     "flops": {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9},
     "latency": {"ms": 1.0, "us": 1e-3, "s": 1e3},
     "energy": {"mj": 1.0, "uj": 1e-3, "j": 1e3},
 }
+UNITS["step-latency"] = UNITS["latency"]
 ACCEPTED = (
     "latency=25% (share of the baseline), flops=25%supernet (share of the full supernet), "
-    "flops=30M, latency=1.5ms or energy=2mJ"
+    "flops=30M, latency=1.5ms, energy=2mJ or step-latency=0.05ms (one streaming step)"
 )
 _PATTERN = re.compile(
-    r"^\s*([a-z]+)\s*=\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*%?[a-z]*)\s*$"
+    r"^\s*([a-z-]+)\s*=\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*%?[a-z]*)\s*$"
 )
 
 
@@ -55,8 +60,19 @@ class Budget:
         return self.value * reference if self.relative else self.value
 
     @property
+    def metric(self) -> str:
+        """The :class:`~dnsrec_edge.cost.model.Cost` field it limits: a step's latency is a
+        latency (of the step model)."""
+        return "latency" if self.kind == "step-latency" else self.kind
+
+    @property
+    def streaming(self) -> bool:
+        """True for a budget on one streaming step (the search builds a start-anchored space)."""
+        return self.kind == "step-latency"
+
+    @property
     def unit(self) -> str:
-        return {"flops": "FLOPs", "latency": "ms", "energy": "mJ"}[self.kind]
+        return {"flops": "FLOPs", "latency": "ms", "energy": "mJ"}[self.metric]
 
     def to_dict(self) -> dict:
         """``{"kind", "value", "relative_to", "text", "unit"}`` (plain data for run files)."""

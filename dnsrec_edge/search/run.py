@@ -75,7 +75,8 @@ class SearchResult:
 def budget_cost_model(
     budget: Budget, target: str | None, max_len: int, calibration_dir: str | Path | None = None
 ) -> tuple[CostModel, Any]:
-    """The cost model for ``budget`` (FLOPs: analytic; latency/energy: the target's)."""
+    """The cost model for ``budget`` (FLOPs: analytic; latency/energy: the target's; a
+    streaming step's latency: the target's, pricing one step)."""
     if budget.kind == "flops":
         return FlopsModel(batch=1, seq_len=max_len), target
     if target is None:
@@ -84,7 +85,12 @@ def budget_cost_model(
         )
     from dnsrec_edge.cost.calibrated import load_cost_model
 
-    return load_cost_model(target, calibration_dir), target
+    model = load_cost_model(target, calibration_dir)
+    if budget.streaming:
+        from dnsrec_edge.cost.streaming import StepCostModel
+
+        return StepCostModel(model), target
+    return model, target
 
 
 def runs_on_this_host(target: str | None) -> bool:
@@ -136,7 +142,7 @@ def baseline_cost(cost_model: CostModel, baseline: ArchSpec, budget: Budget, tar
     """The baseline's predicted cost; ``BudgetError`` saying what to calibrate if there is none."""
     reason = f"it has no {budget.kind} figure"
     try:
-        value = cost_model.predict(baseline, target).get(budget.kind)
+        value = cost_model.predict(baseline, target).get(budget.metric)
     except KeyError:
         value = None
     except ValueError as err:
@@ -211,7 +217,8 @@ def search(
 
     ``dataset`` is a :class:`Dataset`, a registered name or a file; ``budget`` e.g.
     ``"latency=25%"`` (a share of the ``baseline``'s latency on ``target``), ``"flops=30M"``,
-    ``"energy=2mJ"``. ``baseline`` defaults to :func:`default_baseline_arch`;
+    ``"energy=2mJ"``, ``"step-latency=0.05ms"`` (one streaming step; the default space is then
+    start-anchored, so the subnet streams). ``baseline`` defaults to :func:`default_baseline_arch`;
     ``baseline_valid`` (its validation NDCG@10) turns on the warm-up rule; ``measure`` (see
     :mod:`search.front`) adds measured latency shares to the front. ``space`` defaults to 4
     blocks, hidden 64, heads 4/2/1 x 16, FFN 256/128/64, data-aware gates. ``cost_model``
@@ -221,7 +228,14 @@ def search(
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     if not isinstance(dataset, Dataset):
         dataset = load_dataset(dataset, quiet=quiet)
-    space = space or SearchSpace(dataset.n_items, config.max_len)
+    positions = "start_anchored" if budget.streaming else "left_padded"
+    space = space or SearchSpace(dataset.n_items, config.max_len, positions=positions)
+    if budget.streaming and space.positions != "start_anchored":
+        raise BudgetError(
+            f"a {budget.kind} budget prices a streaming step, which needs a start-anchored "
+            f"search space, not '{space.positions}'; build it with positions='start_anchored' "
+            "(on the command line, leave out --positions or pass start_anchored)"
+        )
     if (space.n_items, space.max_len) != (dataset.n_items, config.max_len):
         raise BudgetError(
             f"the search space is for {space.n_items} items and length {space.max_len} but the "
@@ -232,7 +246,7 @@ def search(
     else:
         target_arg = target
     baseline = baseline or default_baseline_arch(space)
-    table = CostTable.build(space, cost_model, budget.kind, target_arg, extra=[baseline])
+    table = CostTable.build(space, cost_model, budget.metric, target_arg, extra=[baseline])
     base_cost = None
     if budget.relative_to == "baseline":
         base_cost = baseline_cost(cost_model, baseline, budget, target_arg)
@@ -287,7 +301,7 @@ def search(
     if getattr(cost_model, "measured", False):  # a measured cost: the table's sum of blocks
         exact = chosen.cost
     else:
-        exact = float(cost_model.predict(arch, target_arg).get(budget.kind))
+        exact = float(cost_model.predict(arch, target_arg).get(budget.metric))
     if exact > limit:  # only for cost models that do not add up per block
         raise BudgetError(
             f"the selected architecture costs {_fmt(exact, budget)} under the cost model, over the "

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dnsrec_edge.errors import ArchSpecError
-from dnsrec_edge.models.archspec import ATTENTION_KINDS, ArchSpec, BlockSpec
+from dnsrec_edge.models.archspec import ATTENTION_KINDS, POSITION_LAYOUTS, ArchSpec, BlockSpec
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class SearchSpace:
     attention: tuple[str, ...] = ("softmax",)
     gate_hidden: int = 16  # hidden width of each data-aware gate MLP; 0 = no gates
     gate_gamma: float = 2.0
+    positions: str = "left_padded"  # or "start_anchored": subnets that stream (models/streaming.py)
     attn_candidates: tuple[tuple[str, int], ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +66,10 @@ class SearchSpace:
         if not self.attention or any(k not in ATTENTION_KINDS for k in self.attention):
             problems.append(
                 f"attention kinds {list(self.attention)} must come from {', '.join(ATTENTION_KINDS)}"
+            )
+        if self.positions not in POSITION_LAYOUTS:
+            problems.append(
+                f"positions '{self.positions}' is not one of {', '.join(POSITION_LAYOUTS)}"
             )
         if self.head_dim < 1 or self.gate_hidden < 0:
             problems.append("head_dim must be >= 1 and gate_hidden >= 0")
@@ -105,7 +110,7 @@ class SearchSpace:
         """The plain SASRec architecture of a hard choice."""
         self.check(choice)
         blocks = tuple(self.block(a, f) for a, f in choice.blocks)
-        return ArchSpec(self.n_items, self.max_len, self.hidden, blocks)
+        return ArchSpec(self.n_items, self.max_len, self.hidden, blocks, positions=self.positions)
 
     def full_arch(self) -> ArchSpec:
         """The supernet at full width and depth (first attention kind)."""
@@ -129,6 +134,11 @@ class SearchSpace:
                 f"architecture has n_items {arch.n_items}, max_len {arch.max_len}, hidden "
                 f"{arch.hidden} but the search space has {self.n_items}, {self.max_len}, "
                 f"{self.hidden}"
+            )
+        if arch.positions != self.positions:
+            raise ArchSpecError(
+                f"architecture has '{arch.positions}' positions but the search space "
+                f"'{self.positions}'"
             )
         if not 1 <= arch.depth <= self.max_depth:
             raise ArchSpecError(f"architecture depth {arch.depth} is outside 1..{self.max_depth}")
@@ -155,6 +165,8 @@ class SearchSpace:
         d.pop("attn_candidates")
         for key in ("heads", "ffn", "attention"):
             d[key] = list(d[key])
+        if self.positions == "left_padded":  # the default: spaces written before it look the same
+            del d["positions"]
         return d
 
     @classmethod

@@ -274,7 +274,7 @@ class Supernet(nn.Module):
             BlockSpec(s.max_heads, s.head_dim, s.max_ffn, s.gate_hidden, b.attention)
             for b in small.blocks
         )
-        full = ArchSpec(s.n_items, s.max_len, s.hidden, full_blocks)
+        full = ArchSpec(s.n_items, s.max_len, s.hidden, full_blocks, positions=s.positions)
         model = SASRec(full, dropout=self.dropout, gate_gamma=self.gate_gamma)
         with torch.no_grad():
             for name in ("item_emb", "pos_emb", "ln_f", "gate_norm"):
