@@ -461,6 +461,7 @@ def _manifest(
         "files": files,
         "onnx_sha256": sha256_file(onnx_path),
         "archspec": model.archspec,
+        "quantize": model.metadata.get("dnsrec_edge.quantize"),  # "int8" or None (float32)
         "tuning": tune_info,
         "kernels": kernels,
         "compile_seconds": round(time.perf_counter() - started, 2),

@@ -38,6 +38,7 @@ class ValidationReport:
     tied_rows: int  # rows whose top-k lists differ only among scores tied within the row's error
     outputs: list[str]
     inputs: str  # "given" or "synthetic"
+    quantized: dict | None = None  # export --quantize: the int8 file's QuantReport.to_dict()
 
     def to_dict(self) -> dict:
         return asdict(self)
