@@ -23,6 +23,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ from dnsrec_edge.export.onnx_export import export_onnx
 from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 from dnsrec_edge.models.sasrec import SASRec
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
 
 RESULTS = Path(__file__).parent / "results" / "compile.json"
 TARGET = "host"
@@ -126,17 +130,7 @@ def cpu_name() -> str:
 
 def interleaved_medians(fns: dict, rounds: int, per_round: int) -> dict[str, float]:
     """Median ms per call of each function, measured in alternating blocks."""
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm up
-        for _ in range(5):
-            fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(per_round):
-                t = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t) * 1e3)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+    return {k: v["median"] for k, v in interleaved(fns, rounds, per_round).items()}
 
 
 def _inputs(n_items: int, batch: int, max_len: int) -> np.ndarray:

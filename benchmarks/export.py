@@ -36,9 +36,9 @@ from dnsrec_edge.export.validate import dataset_inputs, synthetic_inputs, valida
 from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.models.sasrec import SASRec
-from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.prune.materialize import materialize
 from dnsrec_edge.search.space import Choice, SearchSpace
+from dnsrec_edge.search.supernet import Supernet
 from dnsrec_edge.train.checkpoint import load_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"

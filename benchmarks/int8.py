@@ -31,25 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
+
 RESULTS = Path(__file__).parent / "results" / "int8.json"
-
-
-def interleaved(fns: dict, rounds: int, per_round: int) -> dict[str, dict[str, float]]:
-    """Median and p99 ms per call of each function, measured in alternating blocks."""
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        for _ in range(5):
-            fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(per_round):
-                t = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t) * 1e3)
-    return {
-        k: {"median": float(np.median(v)), "p99": float(np.percentile(v, 99))}
-        for k, v in samples.items()
-    }
 
 
 def artifact_bytes(folder: Path) -> int:
@@ -172,8 +157,12 @@ def main() -> None:
         "host": platform.machine(),
         "load_before": os.getloadavg(),
         "settings": {
-            "batch": 1, "threads": args.threads, "rounds": args.rounds,
-            "per_round": args.per_round, "rows": args.rows, "target": args.target,
+            "batch": 1,
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "per_round": args.per_round,
+            "rows": args.rows,
+            "target": args.target,
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
         },  # fmt: skip
         args.dataset: {},

@@ -386,7 +386,9 @@ def accuracy(runs: Path, train: bool, seeds: int) -> dict:
                     "seeds": per_seed,
                 }
         if "start_anchored" in part and "left_padded" in part:
-            part["ndcg@10_ratio"] = part["start_anchored"]["ndcg@10"] / part["left_padded"]["ndcg@10"]
+            part["ndcg@10_ratio"] = (
+                part["start_anchored"]["ndcg@10"] / part["left_padded"]["ndcg@10"]
+            )
         out[name] = part
     # the schema: the ml-1m comparison at the top level
     for layout in ("start_anchored", "left_padded"):

@@ -80,7 +80,10 @@ def test_search_writes_a_run_folder_within_budget(run, ml100k_small):
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["selected"]["cost"] == flops and run_json["budget"]["text"] == "flops=30%"
     assert run_json["budget"]["relative_to"] == "baseline"
-    assert run_json["baseline"]["cost"] == analyze(ArchSpec.from_dict(run_json["baseline"]["arch"])).flops
+    assert (
+        run_json["baseline"]["cost"]
+        == analyze(ArchSpec.from_dict(run_json["baseline"]["arch"])).flops
+    )
     front = json.loads((out / "front.json").read_text())
     assert len(front) >= 2 and all(p["cost"] <= result.limit for p in front)
     best = max(p["valid"]["ndcg@10"] for p in front)

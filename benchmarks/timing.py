@@ -1,0 +1,29 @@
+"""Interleaved latency sampling shared by the benchmarks: every function is timed in
+alternating blocks, so drift of a shared machine lands on all of them alike."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int = 5
+) -> dict[str, dict[str, float]]:
+    """Median and p99 ms per call of each function, measured in alternating blocks."""
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_round):
+                t = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t) * 1e3)
+    return {
+        k: {"median": float(np.median(v)), "p99": float(np.percentile(v, 99))}
+        for k, v in samples.items()
+    }
