@@ -222,3 +222,36 @@ def test_tuning_database_is_applied_and_reused(tiny_onnx, tmp_path, monkeypatch)
     again = compile_model(tiny_onnx, "x86_64", tmp_path / "again", quiet=True)
     assert again.manifest["tuning"]["database"] == db
     assert again.manifest["tuning"]["scheduled_funcs"] == info["scheduled_funcs"]
+
+
+RUNTIME_ONLY_TOPK = r"""
+import json, sys
+sys.modules["torch"] = None  # a board has no torch
+import numpy as np, tvm
+from tvm.runtime.vm import VirtualMachine
+vm = VirtualMachine(tvm.runtime.load_module(sys.argv[1] + "/lib.so"), tvm.cpu())
+x = np.load(sys.argv[1] + "/reference_input.npy")
+scores, items, values = (o.numpy() for o in vm["main"](tvm.runtime.tensor(x)))
+print(json.dumps({"items": items.tolist(), "values": values.tolist()}))
+"""
+
+
+def test_in_graph_topk_runs_on_the_tvm_runtime_alone(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    torch.manual_seed(1)
+    path = export_onnx(SASRec(ARCH).eval(), tmp_path / "topk.onnx", batch=2, topk=5)
+    art = compile_model(path, "x86_64", tmp_path / "art", batch=2, quiet=True)
+    assert b"tvm.contrib.sort" not in art.library.read_bytes()  # a full-TVM-only function
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", RUNTIME_ONLY_TOPK, str(art.path)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    x = np.load(art.path / "reference_input.npy")
+    _, items, values = run_onnxruntime(load_onnx(path), x)
+    assert got["items"] == items.tolist()
+    np.testing.assert_allclose(got["values"], values, atol=1e-5)

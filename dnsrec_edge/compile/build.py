@@ -95,12 +95,12 @@ def lower_to_tir(mod, tvm_target):
 
     # (the CUDA backend's own legalize step also schedules; ours schedules separately)
     passes = [
+        *_cpu_rewrites(tvm_target),  # first: the library dispatch would lower TopK to a call
         *_backend(tvm_target).library_dispatch_passes(tvm_target),
         relax.transform.DecomposeOpsForInference(),
         # exp/softmax/sigmoid as polynomials that vectorise (libm's expf does not); error < 1e-6
         relax.transform.FastMathTransform(),
         fast_sigmoid_pass(),
-        *_cpu_rewrites(tvm_target),
         *cpu.legalize_passes(tvm_target),
     ]
     with tvm_target:
@@ -111,10 +111,10 @@ def _cpu_rewrites(tvm_target) -> list:
     """Relax rewrites that fit CPU kernels to SIMD registers (none for GPUs)."""
     if tvm_target.kind.name != "llvm":
         return []
-    from dnsrec_edge.compile.rewrites import pad_constant_matmul_pass
+    from dnsrec_edge.compile.rewrites import pad_constant_matmul_pass, topk_pass
     from dnsrec_edge.compile.schedules import vector_lanes
 
-    return [pad_constant_matmul_pass(2 * vector_lanes(tvm_target))]
+    return [pad_constant_matmul_pass(2 * vector_lanes(tvm_target)), topk_pass()]
 
 
 def schedule_module(mod, target: Target, tvm_target, database=None):

@@ -5,6 +5,10 @@
   ``(x @ pad(W))[..., :N]``: the matmul then runs in full vectors instead of a scalar loop
   (TVM scalarises a vector loop with a tail), and the slice is one small copy. The padding
   is done once, at compile time.
+- :func:`topk_pass`: the in-graph ``TopK`` of a 2-D score matrix becomes one TIR kernel (k
+  passes over each row, rows in parallel; ties go to the lower index, as in ONNX Runtime).
+  TVM's own lowering calls ``tvm.contrib.sort.topk``, a packed function that only the full
+  TVM library has, so a board with the TVM runtime alone could not run such an artifact.
 
 These run on the imported module before legalisation. The module imports TVM lazily.
 """
@@ -57,3 +61,83 @@ def pad_constant_matmul_pass(multiple: int):
         return mutator.builder_.get()
 
     return transform
+
+
+def topk_pass():
+    """A Relax pass replacing ``relax.topk`` over the last axis of a static 2-D float32
+    tensor (largest first, values and indices) by :func:`_topk_kernel`."""
+    import tvm
+    from tvm import relax
+
+    topk_op = tvm.ir.Op.get("relax.topk")
+
+    @relax.expr_functor.mutator
+    class TopK(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(topk_op)):
+                return call
+            a, ty = call.attrs, call.args[0].ty
+            shape = [int(d) for d in ty.shape] if ty.shape is not None else []
+            if not (
+                len(shape) == 2
+                and ty.dtype == "float32"
+                and int(a.axis) in (-1, 1)
+                and a.ret_type == "both"
+                and bool(a.largest)
+            ):
+                return call
+            rows, n = shape
+            k, index_dtype = int(a.k), str(a.dtype)
+            kernel = _topk_kernel(rows, n, k, index_dtype)
+            gvar = self.builder_.add_func(kernel, f"dnsrec_topk_{rows}x{n}_k{k}")
+            out = [relax.TensorType((rows, k), "float32"), relax.TensorType((rows, k), index_dtype)]
+            return relax.call_tir(gvar, [call.args[0]], out)
+
+    @tvm.transform.module_pass(opt_level=0, name="DnsrecTopK")
+    def transform(mod, _ctx):
+        mutator = TopK(mod)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return transform
+
+
+def _topk_kernel(rows: int, n: int, k: int, index_dtype: str):
+    """TIR: the ``k`` largest of each row of ``x`` (rows, n), best first. Pass ``j`` takes the
+    largest element ordered after pass ``j - 1``'s pick (smaller value, or the same value at a
+    higher index), so no scratch copy of the row is needed."""
+    import tvm.tirx  # noqa: F401  (registers the tirx script dialect)
+    from tvm.script import tirx as T
+
+    @T.prim_func(check_well_formed=False)  # a root block, as the S-TIR passes expect
+    def topk(
+        x: T.Buffer((rows, n), "float32"),
+        values: T.Buffer((rows, k), "float32"),
+        indices: T.Buffer((rows, k), index_dtype),
+    ):
+        T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+        with T.sblock("root"):
+            best_v = T.alloc_buffer((rows,), "float32")  # one slot per row: rows run in parallel
+            best_i = T.alloc_buffer((rows,), index_dtype)
+            for r in T.parallel(rows):
+                for j in range(k):
+                    best_v[r] = T.min_value("float32")
+                    best_i[r] = T.Cast(index_dtype, -1)
+                    for e in range(n):
+                        v = x[r, e]
+                        after = j == 0 or (
+                            v < values[r, j - 1]
+                            or (
+                                v == values[r, j - 1] and T.Cast(index_dtype, e) > indices[r, j - 1]
+                            )
+                        )
+                        if after and (best_i[r] < 0 or v > best_v[r]):
+                            best_v[r] = v
+                            best_i[r] = T.Cast(index_dtype, e)
+                    values[r, j] = best_v[r]
+                    indices[r, j] = best_i[r]
+
+    return topk

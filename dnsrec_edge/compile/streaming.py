@@ -155,13 +155,6 @@ def compile_streaming(
             f"'{onnx_path}' is a step graph whose cache holds {layout['max_len']} positions; "
             "drop --seq-len (a step takes one item)"
         )
-    if layout.get("topk"):
-        log.warning(
-            "'%s' has an in-graph top-k: TVM lowers it to tvm.contrib.sort.topk, which a "
-            "runtime-only TVM on a board lacks; export it without --topk for boards "
-            "(the streaming session ranks the scores itself)",
-            onnx_path,
-        )
     inputs, outputs = _io_specs(proto)
     if any(None in i["shape"] for i in inputs):
         raise InputFileError(
