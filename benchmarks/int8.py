@@ -48,7 +48,7 @@ def on_emulated_board(int8_onnx: Path, folder: Path) -> dict:
     from dnsrec_edge.bench.run import benchmark
     from dnsrec_edge.compile.build import compile as compile_model
 
-    art = compile_model(int8_onnx, "arm64", folder / "int8-arm64", quiet=True)
+    art = compile_model(int8_onnx, "arm64", folder / f"{int8_onnx.stem}-arm64", quiet=True)
     board = EmulatedBoard("arm64", quiet=True).start()
     try:
         report = benchmark(art.path, rpc=board.address, repeat=2, number=1, record=False).to_dict()
@@ -171,6 +171,7 @@ def main() -> None:
         for spec in args.model:
             name, _, ckpt = spec.partition("=")
             result[args.dataset][name] = bench_model(name, Path(ckpt), dataset, Path(tmp), args)
+            atomic_write_json(args.out, result)  # each model as it lands
     result["load_after"] = os.getloadavg()
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")

@@ -27,6 +27,15 @@ def test_budget_only_enters_the_search_stage():
     assert "search" not in deps["baseline"] and deps["baseline"] == ("data",)
 
 
+def test_quantize_enters_only_the_export_stage_and_onward():
+    plain = {s.name: canonical(s.settings) for s in build_stages(_plan("flops=25%"))}
+    int8_plan = _plan("flops=25%")
+    int8_plan.quantize = "int8"
+    int8 = {s.name: s.settings for s in build_stages(int8_plan)}
+    assert int8["export"]["quantize"] == "int8"
+    assert [n for n in STAGE_NAMES if canonical(int8[n]) != plain[n]] == ["export"]
+
+
 def test_bench_uses_the_threads_of_the_measured_cost_model():
     from dnsrec_edge.cost.calibrated import load_cost_model
     from dnsrec_edge.pipeline.steps import bench_options
@@ -45,6 +54,7 @@ def test_bench_uses_the_threads_of_the_measured_cost_model():
         (["--emulate", "--target", "x86_64"], 1, "Error: --emulate runs arm64 targets only"),
         (["--budget", "latency=fast"], 1, "Error: cannot parse budget 'latency=fast'"),
         (["--budget", "step-latency=1ms"], 1, "Error: the pipeline ships whole-sequence models"),
+        (["--quantize", "int4"], 2, "Invalid value for '--quantize'"),
         (["--dataset", "ml-2m"], 1, "Error: unknown dataset 'ml-2m'"),
         (["--target", "arm46"], 1, "Error: unknown target 'arm46'"),
         (["--dataset", "nope/missing.csv"], 1, "Error: dataset file 'nope/missing.csv' does not"),

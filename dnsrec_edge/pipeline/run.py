@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dnsrec_edge.errors import OutputExists, PipelineError, UnknownName
+from dnsrec_edge.export.quantize import require_scheme
 from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.pipeline import steps
 from dnsrec_edge.pipeline.presets import DEFAULT_BUDGETS, PRESETS, STAGE_NAMES, preset_settings
@@ -71,6 +72,7 @@ def pipeline(
     threads: int | None = None,
     refit: bool = False,
     seed: int = 0,
+    quantize: str | None = None,
     quiet: bool = False,
 ) -> PipelineResult:
     """Run (or resume) the whole loop for ``dataset`` on ``target`` in the run folder ``out``.
@@ -83,7 +85,8 @@ def pipeline(
     are compiled too. ``preset``: ``full``, ``short`` or ``smoke`` (``quick=True``);
     ``overrides`` merges per-stage settings (``{"baseline": {"epochs": 2}}``). ``refit``
     refits the target's cost model from its records after benching. ``seed`` seeds the
-    baseline, the search and the subnet's training. Finished stages are
+    baseline, the search and the subnet's training. ``quantize="int8"`` exports, compiles
+    and benches int8 files of both models (``export/quantize.py``). Finished stages are
     reused; ``from_stage`` redoes that stage and everything after it.
     """
     preset = "smoke" if quick else preset
@@ -91,6 +94,8 @@ def pipeline(
         raise UnknownName("preset", preset, PRESETS)
     if sum(bool(x) for x in (rpc, tracker, emulate)) > 1:
         raise PipelineError("choose at most one of --rpc, --rpc-tracker and --emulate")
+    if quantize is not None:
+        require_scheme(quantize)
     if budget is not None and parse_budget(budget).streaming:
         raise PipelineError(
             f"the pipeline ships whole-sequence models, so it cannot take the streaming budget "
@@ -116,6 +121,7 @@ def pipeline(
         calibration_dir=None if calibration_dir is None else str(calibration_dir),
         threads=threads,
         refit=refit,
+        quantize=quantize,
     )
     run_dir = Path(out) if out is not None else Path("runs") / _default_name(dataset, target)
     _check_run_dir(run_dir)
@@ -186,7 +192,12 @@ def build_stages(plan: steps.Plan, emulate: bool = False) -> list[Stage]:
             ("data", "baseline", "search", "prune"),
             {"config": s["finetune"], "baseline": s["baseline"]},
         ),
-        ("export", steps.run_export, ("data", "baseline", "finetune"), {"batch": 1, **s["export"]}),
+        (
+            "export",
+            steps.run_export,
+            ("data", "baseline", "finetune"),
+            {"batch": 1, **s["export"], **({"quantize": plan.quantize} if plan.quantize else {})},
+        ),
         ("compile", steps.run_compile, ("export",), {"targets": list(plan.targets)}),
         (
             "bench",

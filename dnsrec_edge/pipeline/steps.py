@@ -35,6 +35,7 @@ class Plan:
     calibration_dir: str | None = None
     threads: int | None = None
     refit: bool = False
+    quantize: str | None = None  # "int8": export, compile and bench int8 files
     _datasets: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -302,11 +303,13 @@ def run_export(plan: Plan, ctx: StageContext) -> dict[str, Any]:
             batch=ctx.settings["batch"],
             dataset=ds,
             rows=ctx.settings["rows"],
+            quantize=ctx.settings.get("quantize"),
         )
         out[name] = {
             "onnx": path.name,
             "bytes": path.stat().st_size,
             "max_abs_diff": report.to_dict().get("max_abs_diff"),
+            "quantized": report.quantized,
         }
     return out
 
