@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,8 @@ def time_both(art, onnx_path: Path, x: np.ndarray, args) -> dict[str, dict[str, 
     )
 
 
-def row(n_items: int, max_len: int, work: Path, args) -> list[dict]:
+def rows_of(n_items: int, max_len: int, work: Path, args) -> Iterator[dict]:
+    """One row per precision, each yielded as soon as it is measured."""
     import torch
 
     from dnsrec_edge.compile.build import compile as compile_model
@@ -125,7 +127,6 @@ def row(n_items: int, max_len: int, work: Path, args) -> list[dict]:
     paths = {"fp32": export_onnx(model, folder / "fp32.onnx", batch=1)}
     del model
     x = zipf_histories(n_items, max_len, 64, seed=1)
-    rows = []
     prediction = load_cost_model(args.target).predict(arch).latency_ms
     for precision in args.precisions:
         t0 = time.perf_counter()
@@ -137,25 +138,23 @@ def row(n_items: int, max_len: int, work: Path, args) -> list[dict]:
         build_s = time.perf_counter() - t0
         times = time_both(art, paths[precision], x, args)
         rss = added_rss(art.library, x[:1], folder)
-        rows.append(
-            {
-                "n_items": n_items,
-                "max_len": max_len,
-                "precision": precision,
-                "tvm_ms": times["tvm"]["median"],
-                "ort_ms": times["ort"]["median"],
-                "p99_ms": times["tvm"]["p99"],
-                "ort_p99_ms": times["ort"]["p99"],
-                "onnx_bytes": paths[precision].stat().st_size,
-                "artifact_bytes": sum(f.stat().st_size for f in art.path.iterdir()),
-                "added_rss_bytes": rss["added_rss_bytes"],
-                "idle_rss_bytes": rss["idle_rss_bytes"],
-                "predicted_ms": prediction if precision == "fp32" else None,
-                "build_seconds": round(build_s, 1),
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+        measured = {
+            "n_items": n_items,
+            "max_len": max_len,
+            "precision": precision,
+            "tvm_ms": times["tvm"]["median"],
+            "ort_ms": times["ort"]["median"],
+            "p99_ms": times["tvm"]["p99"],
+            "ort_p99_ms": times["ort"]["p99"],
+            "onnx_bytes": paths[precision].stat().st_size,
+            "artifact_bytes": sum(f.stat().st_size for f in art.path.iterdir()),
+            "added_rss_bytes": rss["added_rss_bytes"],
+            "idle_rss_bytes": rss["idle_rss_bytes"],
+            "predicted_ms": prediction if precision == "fp32" else None,
+            "build_seconds": round(build_s, 1),
+        }
+        print(json.dumps(measured), flush=True)
+        yield measured
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -239,12 +238,14 @@ def main() -> None:
         for n_items in args.items:
             for max_len in args.lens:
                 try:
-                    result["rows"] += row(n_items, max_len, Path(tmp), args)
+                    for measured in rows_of(n_items, max_len, Path(tmp), args):
+                        result["rows"].append(measured)
+                        atomic_write_json(args.out, result)  # rows as they land
                 except Exception as err:  # a size that does not build here is a result too
                     failure = {"n_items": n_items, "max_len": max_len, "error": str(err)[:300]}
                     result["failed"].append(failure)
                     print(json.dumps(failure), flush=True)
-                atomic_write_json(args.out, result)  # rows as they land
+                    atomic_write_json(args.out, result)
     result["load_after"] = os.getloadavg()
     atomic_write_json(args.out, result)
     plot(result["rows"], args.out.with_suffix(".png"))

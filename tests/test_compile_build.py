@@ -255,3 +255,12 @@ def test_in_graph_topk_runs_on_the_tvm_runtime_alone(tmp_path):
     _, items, values = run_onnxruntime(load_onnx(path), x)
     assert got["items"] == items.tolist()
     np.testing.assert_allclose(got["values"], values, atol=1e-5)
+
+
+def test_the_item_table_is_stored_once_in_a_build(tmp_path):
+    torch.manual_seed(2)
+    arch = ArchSpec(20000, 8, 32, (BlockSpec(1, 32, 32),))  # the table is most of the model
+    path = export_onnx(SASRec(arch).eval(), tmp_path / "wide.onnx", batch=1)
+    art = compile_model(path, "x86_64", tmp_path / "art", quiet=True)  # checked against ORT
+    table_bytes = (arch.n_items + 1) * arch.hidden * 4
+    assert art.library.stat().st_size < 1.5 * table_bytes  # lookup and scoring share it

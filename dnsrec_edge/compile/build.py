@@ -111,10 +111,18 @@ def _cpu_rewrites(tvm_target) -> list:
     """Relax rewrites that fit CPU kernels to SIMD registers (none for GPUs)."""
     if tvm_target.kind.name != "llvm":
         return []
-    from dnsrec_edge.compile.rewrites import pad_constant_matmul_pass, topk_pass
+    from dnsrec_edge.compile.rewrites import (
+        pad_constant_matmul_pass,
+        share_item_table_pass,
+        topk_pass,
+    )
     from dnsrec_edge.compile.schedules import vector_lanes
 
-    return [pad_constant_matmul_pass(2 * vector_lanes(tvm_target)), topk_pass()]
+    return [
+        pad_constant_matmul_pass(2 * vector_lanes(tvm_target)),
+        share_item_table_pass(),
+        topk_pass(),
+    ]
 
 
 def schedule_module(mod, target: Target, tvm_target, database=None):

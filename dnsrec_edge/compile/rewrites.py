@@ -5,6 +5,13 @@
   ``(x @ pad(W))[..., :N]``: the matmul then runs in full vectors instead of a scalar loop
   (TVM scalarises a vector loop with a tail), and the slice is one small copy. The padding
   is done once, at compile time.
+- :func:`share_item_table_pass`: the embedding lookup ``take(E, ids)`` reads the scoring
+  matmul's weight instead of its own copy of the item table. The ONNX files store the table
+  once, but constant folding gives the scoring a transposed (and, above, padded) copy, so a
+  build held the table twice: 50 MB for 100,000 items at hidden 64, where the table is 25 MB.
+  The lookup becomes ``take(W, max(ids - 1, 0), axis=1)`` transposed and zeroed where
+  ``ids == 0``, exact when row 0 of ``E`` (padding) is zero and ``W[:, :n] == E[1:].T``,
+  which the pass checks before it rewrites.
 - :func:`topk_pass`: the in-graph ``TopK`` of a 2-D score matrix becomes one TIR kernel (k
   passes over each row, rows in parallel; ties go to the lower index, as in ONNX Runtime).
   TVM's own lowering calls ``tvm.contrib.sort.topk``, a packed function that only the full
@@ -141,3 +148,84 @@ def _topk_kernel(rows: int, n: int, k: int, index_dtype: str):
                     indices[r, j] = best_i[r]
 
     return topk
+
+
+def share_item_table_pass():
+    """A Relax pass pointing the embedding ``take`` at the scoring matmul's weight (see the
+    module docstring); run it after :func:`pad_constant_matmul_pass`."""
+    import tvm
+    from tvm import relax
+
+    take_op, matmul_op = tvm.ir.Op.get("relax.take"), tvm.ir.Op.get("relax.matmul")
+
+    def weights(func) -> list:
+        found = []
+
+        def visit(e):
+            if (
+                isinstance(e, relax.Call)
+                and isinstance(e.op, tvm.ir.Op)
+                and e.op.same_as(matmul_op)
+                and isinstance(e.args[1], tvm.ir.expr.Constant)
+                and e.args[1].value.numpy().ndim == 2
+            ):
+                found.append(e.args[1])
+
+        relax.analysis.post_order_visit(func, visit)
+        return found
+
+    @relax.expr_functor.mutator
+    class ShareTable(relax.PyExprMutator):
+        def __init__(self, mod, candidates):
+            super().__init__(mod)
+            self.candidates = candidates
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (
+                isinstance(call.op, tvm.ir.Op)
+                and call.op.same_as(take_op)
+                and isinstance(call.args[0], tvm.ir.expr.Constant)
+                and int(call.attrs.axis) == 0
+            ):
+                return call
+            table = call.args[0].value.numpy()
+            weight = _matching_weight(table, self.candidates)
+            if weight is None:
+                return call
+            ids = call.args[1]
+            ndim = len(ids.ty.shape)
+            one = relax.const(1, ids.ty.dtype)
+            zero = relax.const(0, ids.ty.dtype)
+            cols = relax.op.maximum(relax.op.subtract(ids, one), zero)
+            rows = relax.op.take(weight, cols, axis=1)  # (d, *ids.shape)
+            rows = relax.op.permute_dims(rows, [*range(1, ndim + 1), 0])
+            real = relax.op.astype(relax.op.expand_dims(relax.op.greater(ids, zero), -1), "float32")
+            log.debug("embedding lookup shares the scoring weight (%s)", table.shape)
+            return relax.op.multiply(rows, real)
+
+    @tvm.transform.module_pass(opt_level=0, name="DnsrecShareItemTable")
+    def transform(mod, _ctx):
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                candidates = weights(func)
+                if candidates:
+                    mutator = ShareTable(mod, candidates)
+                    mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+                    mod = mutator.builder_.get()
+        return mod
+
+    return transform
+
+
+def _matching_weight(table: np.ndarray, candidates: list):
+    """The constant ``W`` (d, >= n) with ``W[:, :n] == table[1:].T`` and ``table[0] == 0``."""
+    if table.ndim != 2 or table.dtype != np.float32 or np.any(table[0]):
+        return None
+    n, d = table.shape[0] - 1, table.shape[1]
+    for const in candidates:
+        w = const.value.numpy()
+        if w.dtype == np.float32 and w.shape[0] == d and w.shape[1] >= n:
+            if np.array_equal(w[:, :n], table[1:].T):
+                return const
+    return None
