@@ -9,7 +9,8 @@ Writes ``benchmarks/results/streaming.json``:
   when ``--checkpoint`` names one, else untrained: the JSON says which), under both window
   rules (the session default ``keep = max_len // 2`` and ``keep = max_len - 1``).
 - ``speed``: batch 1, one thread, for the ml-1m baseline shape (2 blocks, hidden 64, 1 head,
-  FFN 256, 3,416 items) and a small subnet shape (1 block, 1 head of 32, FFN 64) at max_len
+  FFN 256, 3,416 items), a small subnet shape (1 block, 1 head of 32, FFN 64) and the subnet
+  the README's main command searched (one gated block, 4 heads of 16, FFN 128) at max_len
   50 and 200: a step (cache from a few pushes) and the whole-sequence model (a full history
   of max_len items), as TVM default builds for this host and under ONNX Runtime on the same
   ONNX files, in one interleaved run (rounds alternate step/full and TVM/ORT).
@@ -43,9 +44,12 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "streaming.json"
-SHAPES = {  # name -> (blocks as (heads, head_dim, ffn))
-    "ml-1m-baseline": ((1, 64, 256), (1, 64, 256)),
-    "small-subnet": ((1, 32, 64),),
+SHAPES = {  # name -> (blocks as (heads, head_dim, ffn, gate_hidden))
+    "ml-1m-baseline": ((1, 64, 256, 0), (1, 64, 256, 0)),
+    "small-subnet": ((1, 32, 64, 0),),
+    # the subnet the README's main command searched (seed 0: one gated block, 4 heads of 16,
+    # FFN 128), over ml-1m's catalogue
+    "searched-subnet": ((4, 16, 128, 16),),
 }
 N_ITEMS, HIDDEN = 3416, 64
 
@@ -53,7 +57,7 @@ N_ITEMS, HIDDEN = 3416, 64
 def arch_of(name: str, max_len: int):
     from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 
-    blocks = tuple(BlockSpec(h, d, f) for h, d, f in SHAPES[name])
+    blocks = tuple(BlockSpec(h, d, f, g) for h, d, f, g in SHAPES[name])
     return ArchSpec(N_ITEMS, max_len, HIDDEN, blocks, positions="start_anchored")
 
 
