@@ -464,8 +464,9 @@ def main() -> None:
     parts = ("equivalence", "speed", "speed_settings", "memory", "cost", "emulated_arm64")
     parts += ("accuracy",)
     for key in parts:
-        if key in result and key != "speed":  # measured now: say how (speed: in its settings)
-            result[key]["command"] = result["command"]
+        if key in result:  # measured now: say how (speed: in its settings)
+            if key != "speed":
+                result[key]["command"] = result["command"]
         elif key in old:  # kept from an earlier run (with its own command)
             result[key] = old[key]
     del result["command"]
