@@ -225,7 +225,7 @@ def _matching_weight(table: np.ndarray, candidates: list):
     n, d = table.shape[0] - 1, table.shape[1]
     for const in candidates:
         w = const.value.numpy()
-        if w.dtype == np.float32 and w.shape[0] == d and w.shape[1] >= n:
-            if np.array_equal(w[:, :n], table[1:].T):
-                return const
+        fits = w.dtype == np.float32 and w.shape[0] == d and w.shape[1] >= n
+        if fits and np.array_equal(w[:, :n], table[1:].T):
+            return const
     return None

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dnsrec_edge.errors import ExportError, OutputMismatch
-from dnsrec_edge.export.onnx_export import INPUT, META_PREFIX
 
 if TYPE_CHECKING:
     from dnsrec_edge.data.dataset import Dataset
@@ -99,6 +98,8 @@ def quantize_onnx(
         QuantType,
         quantize_static,
     )
+
+    from dnsrec_edge.export.onnx_export import INPUT, META_PREFIX  # imports torch: not at load
 
     require_scheme(scheme)
     proto = onnx.load(str(fp32_path))
@@ -235,6 +236,7 @@ class _OrtScorer:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape
         self.batch = shape[0] if isinstance(shape[0], int) else None
         self.max_len = int(shape[1])
@@ -248,5 +250,5 @@ class _OrtScorer:
             n = len(chunk)
             if n < step:  # a static batch: pad with all-padding rows
                 chunk = np.concatenate([chunk, np.zeros((step - n, chunk.shape[1]), np.int64)])
-            out.append(self.session.run(["scores"], {INPUT: chunk})[0][:n])
+            out.append(self.session.run(["scores"], {self.input: chunk})[0][:n])
         return np.concatenate(out)
