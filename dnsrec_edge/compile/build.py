@@ -33,6 +33,7 @@ from dnsrec_edge.compile.onnx_io import (
     run_onnxruntime,
     static_shape,
 )
+from dnsrec_edge.compile.rewrites import function_pass
 from dnsrec_edge.compile.targets import Target, host_target, load_target
 from dnsrec_edge.errors import CompileError, OutputMismatch, OutputNotWritable
 from dnsrec_edge.fsio import atomic_write_json, ensure_new, sha256_file
@@ -76,15 +77,7 @@ def fast_sigmoid_pass():
         one = tvm.tirx.const(1.0, x.dtype)
         return topi.divide(one, topi.add(one, topi.fast_exp(topi.negative(x))))
 
-    @tvm.transform.module_pass(opt_level=0, name="DnsrecFastSigmoid")
-    def transform(mod, _ctx):
-        mutator = FastSigmoid(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.get()
-
-    return transform
+    return function_pass("DnsrecFastSigmoid", FastSigmoid)
 
 
 def lower_to_tir(mod, tvm_target):

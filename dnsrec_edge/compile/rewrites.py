@@ -29,6 +29,23 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def function_pass(name: str, make_mutator):
+    """A module pass running ``make_mutator(mod)`` (a Relax ``PyExprMutator``) over every
+    Relax function of the module."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def transform(mod, _ctx):
+        mutator = make_mutator(mod)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return transform
+
+
 def pad_constant_matmul_pass(multiple: int):
     """A Relax pass padding the last axis of constant matmul weights to ``multiple``."""
     import tvm
@@ -59,15 +76,7 @@ def pad_constant_matmul_pass(multiple: int):
             )
             return relax.op.strided_slice(wide, axes=[-1], begin=[0], end=[n])
 
-    @tvm.transform.module_pass(opt_level=0, name="DnsrecPadConstantMatmul")
-    def transform(mod, _ctx):
-        mutator = PadWeights(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.get()
-
-    return transform
+    return function_pass("DnsrecPadConstantMatmul", PadWeights)
 
 
 def topk_pass():
@@ -101,15 +110,7 @@ def topk_pass():
             out = [relax.TensorType((rows, k), "float32"), relax.TensorType((rows, k), index_dtype)]
             return relax.call_tir(gvar, [call.args[0]], out)
 
-    @tvm.transform.module_pass(opt_level=0, name="DnsrecTopK")
-    def transform(mod, _ctx):
-        mutator = TopK(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.get()
-
-    return transform
+    return function_pass("DnsrecTopK", TopK)
 
 
 def _topk_kernel(rows: int, n: int, k: int, index_dtype: str):
@@ -204,18 +205,13 @@ def share_item_table_pass():
             log.debug("embedding lookup shares the scoring weight (%s)", table.shape)
             return relax.op.multiply(rows, real)
 
-    @tvm.transform.module_pass(opt_level=0, name="DnsrecShareItemTable")
-    def transform(mod, _ctx):
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                candidates = weights(func)
-                if candidates:
-                    mutator = ShareTable(mod, candidates)
-                    mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-                    mod = mutator.builder_.get()
-        return mod
+    def make(mod):
+        candidates = [
+            w for _, f in mod.functions_items() if isinstance(f, relax.Function) for w in weights(f)
+        ]
+        return ShareTable(mod, candidates)
 
-    return transform
+    return function_pass("DnsrecShareItemTable", make)
 
 
 def _matching_weight(table: np.ndarray, candidates: list):
