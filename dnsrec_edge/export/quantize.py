@@ -171,28 +171,22 @@ def check_quantized(
     """Measure the int8 file against the float32 one on every test user of ``dataset``;
     :class:`OutputMismatch` unless it keeps ``MIN_NDCG_RATIO`` of NDCG@10 and
     ``MIN_TOP10_OVERLAP`` of the top-10."""
-    from dnsrec_edge.data.batching import eval_inputs
     from dnsrec_edge.evaluate import evaluate
 
     fp32, int8 = _OrtScorer(fp32_path, threads), _OrtScorer(int8_path, threads)
-    max_len = fp32.max_len
     ndcg = {}
-    for name, scorer in (("fp32", fp32), ("int8", int8)):
-        ndcg[name] = evaluate(scorer, dataset, "test", max_len, protocols=("full",))["full"][
+    for name, scorer in (("fp32", fp32), ("int8", int8)):  # users in the same order for both
+        ndcg[name] = evaluate(scorer, dataset, "test", fp32.max_len, protocols=("full",))["full"][
             "ndcg@10"
         ]
-    item_seq = eval_inputs(dataset, "test", max_len)[0]
-    overlaps = []
-    for start in range(0, len(item_seq), 256):
-        chunk = item_seq[start : start + 256]
-        a, b = _top10(fp32(chunk)), _top10(int8(chunk))
-        overlaps.extend(len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True))
+    a, b = np.concatenate(fp32.top10), np.concatenate(int8.top10)
+    overlaps = [len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]
     report = QuantReport(
         str(int8_path),
         "int8",
         Path(int8_path).stat().st_size,
         Path(fp32_path).stat().st_size,
-        len(item_seq),
+        len(overlaps),
         float(ndcg["fp32"]),
         float(ndcg["int8"]),
         float(np.mean(overlaps)),
@@ -228,7 +222,8 @@ def _top10(scores: np.ndarray) -> np.ndarray:
 
 
 class _OrtScorer:
-    """``item_seq (B, L) -> scores (B, n_items)`` under ONNX Runtime, in the file's batch."""
+    """``item_seq (B, L) -> scores (B, n_items)`` under ONNX Runtime, in the file's batch;
+    keeps each call's top-10 columns (``top10``) for the overlap check."""
 
     def __init__(self, path: str | Path, threads: int):
         import onnxruntime as ort
@@ -240,6 +235,7 @@ class _OrtScorer:
         shape = self.session.get_inputs()[0].shape
         self.batch = shape[0] if isinstance(shape[0], int) else None
         self.max_len = int(shape[1])
+        self.top10: list[np.ndarray] = []
 
     def __call__(self, item_seq) -> np.ndarray:
         seqs = np.asarray(item_seq, dtype=np.int64)
@@ -251,4 +247,6 @@ class _OrtScorer:
             if n < step:  # a static batch: pad with all-padding rows
                 chunk = np.concatenate([chunk, np.zeros((step - n, chunk.shape[1]), np.int64)])
             out.append(self.session.run(["scores"], {self.input: chunk})[0][:n])
-        return np.concatenate(out)
+        scores = np.concatenate(out)
+        self.top10.append(_top10(scores))
+        return scores
