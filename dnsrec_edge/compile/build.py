@@ -33,7 +33,7 @@ from dnsrec_edge.compile.onnx_io import (
     run_onnxruntime,
     static_shape,
 )
-from dnsrec_edge.compile.rewrites import function_pass
+from dnsrec_edge.compile.rewrites import calls, function_pass
 from dnsrec_edge.compile.targets import Target, host_target, load_target
 from dnsrec_edge.errors import CompileError, OutputMismatch, OutputNotWritable
 from dnsrec_edge.fsio import atomic_write_json, ensure_new, sha256_file
@@ -69,7 +69,7 @@ def fast_sigmoid_pass():
     class FastSigmoid(relax.PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.sigmoid":
+            if calls(call, "relax.sigmoid"):
                 return self.builder_.call_te(_te_fast_sigmoid, call.args[0])
             return call
 

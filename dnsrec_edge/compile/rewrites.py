@@ -29,6 +29,16 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def calls(expr, op_name: str) -> bool:
+    """True when ``expr`` is a call of the Relax operator ``op_name`` (e.g. ``relax.matmul``)."""
+    import tvm
+    from tvm import relax
+
+    return (
+        isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name
+    )
+
+
 def function_pass(name: str, make_mutator):
     """A module pass running ``make_mutator(mod)`` (a Relax ``PyExprMutator``) over every
     Relax function of the module."""
@@ -51,13 +61,11 @@ def pad_constant_matmul_pass(multiple: int):
     import tvm
     from tvm import relax
 
-    matmul_op = tvm.ir.Op.get("relax.matmul")
-
     @relax.expr_functor.mutator
     class PadWeights(relax.PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(matmul_op)):
+            if not calls(call, "relax.matmul"):
                 return call
             weight = call.args[1]
             if not isinstance(weight, tvm.ir.expr.Constant):
@@ -82,16 +90,13 @@ def pad_constant_matmul_pass(multiple: int):
 def topk_pass():
     """A Relax pass replacing ``relax.topk`` over the last axis of a static 2-D float32
     tensor (largest first, values and indices) by :func:`_topk_kernel`."""
-    import tvm
     from tvm import relax
-
-    topk_op = tvm.ir.Op.get("relax.topk")
 
     @relax.expr_functor.mutator
     class TopK(relax.PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(topk_op)):
+            if not calls(call, "relax.topk"):
                 return call
             a, ty = call.attrs, call.args[0].ty
             shape = [int(d) for d in ty.shape] if ty.shape is not None else []
@@ -157,16 +162,12 @@ def share_item_table_pass():
     import tvm
     from tvm import relax
 
-    take_op, matmul_op = tvm.ir.Op.get("relax.take"), tvm.ir.Op.get("relax.matmul")
-
     def weights(func) -> list:
         found = []
 
         def visit(e):
             if (
-                isinstance(e, relax.Call)
-                and isinstance(e.op, tvm.ir.Op)
-                and e.op.same_as(matmul_op)
+                calls(e, "relax.matmul")
                 and isinstance(e.args[1], tvm.ir.expr.Constant)
                 and e.args[1].value.numpy().ndim == 2
             ):
@@ -184,8 +185,7 @@ def share_item_table_pass():
         def visit_call_(self, call):
             call = super().visit_call_(call)
             if not (
-                isinstance(call.op, tvm.ir.Op)
-                and call.op.same_as(take_op)
+                calls(call, "relax.take")
                 and isinstance(call.args[0], tvm.ir.expr.Constant)
                 and int(call.attrs.axis) == 0
             ):
