@@ -17,18 +17,15 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from pipeline_runs import METRICS, run_figures, stats  # beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _done(run: Path, stage: str) -> dict:
-    return json.loads((run / "stages" / stage / "done.json").read_text())["result"]
 
 
 def one_seed(seed: int, keep: bool, prefix: str) -> dict:
@@ -41,42 +38,25 @@ def one_seed(seed: int, keep: bool, prefix: str) -> dict:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     wall = time.perf_counter() - t0
-    base, sub, bench = _done(run, "baseline"), _done(run, "finetune"), _done(run, "bench")
-    search = _done(run, "search")
-    keys = ("hr@10", "ndcg@10", "mrr@10")
+    fig = run_figures(run)
     entry = {
         "seed": seed,
         "wall_seconds": round(wall, 1),
         "load_avg_before": load_before,
         "load_avg_after": os.getloadavg(),
-        "baseline": {k: base["test"]["full"][k] for k in keys},
-        "dnsrec": {k: sub["test"]["full"][k] for k in keys},
-        "arch": sub["arch"],
-        "budget": search["budget"],
-        "front_measured_share": search.get("measured_share"),
-        "stage_seconds": {
-            s: json.loads((run / "stages" / s / "done.json").read_text()).get("wall_seconds")
-            for s in ("baseline", "search", "prune", "finetune", "export", "compile", "bench")
-        },
+        "baseline": {k: fig["baseline"]["full"][k] for k in METRICS},
+        "dnsrec": {k: fig["dnsrec"]["full"][k] for k in METRICS},
+        "arch": fig["dnsrec"]["arch"],
+        "budget": fig["budget"],
+        "front_measured_share": fig["front_measured_share"],
+        "stage_seconds": fig["stage_seconds"],
+        "ndcg_share": fig["ndcg_share"],
     }
-    entry["ndcg_share"] = entry["dnsrec"]["ndcg@10"] / entry["baseline"]["ndcg@10"]
-    for runtime, key, stat in (
-        ("tvm", "latency_ms", "median"),
-        ("ort", "ort_latency_ms", "median_ms"),
-    ):
-        b, d = bench["baseline"][key][stat], bench["dnsrec"][key][stat]
-        entry[f"{runtime}_ms"] = {"baseline": b, "dnsrec": d}
-        entry[f"{runtime}_share"] = d / b
+    for runtime in ("tvm", "ort"):
+        ms = fig["latency_ms"][runtime]
+        entry[f"{runtime}_ms"] = {m: ms[m]["median"] for m in ("baseline", "dnsrec")}
+        entry[f"{runtime}_share"] = fig[f"{runtime}_share"]
     return entry
-
-
-def _stats(values: list[float]) -> dict:
-    return {
-        "mean": statistics.mean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-        "min": min(values),
-        "max": max(values),
-    }
 
 
 def main() -> None:
@@ -94,12 +74,12 @@ def main() -> None:
         "note": args.note,
         "seeds": runs,
         "summary": {
-            key: _stats([r[key] for r in runs])
+            key: stats([r[key] for r in runs])
             for key in ("ndcg_share", "tvm_share", "ort_share", "wall_seconds")
         }
         | {
-            "baseline_ndcg@10": _stats([r["baseline"]["ndcg@10"] for r in runs]),
-            "dnsrec_ndcg@10": _stats([r["dnsrec"]["ndcg@10"] for r in runs]),
+            "baseline_ndcg@10": stats([r["baseline"]["ndcg@10"] for r in runs]),
+            "dnsrec_ndcg@10": stats([r["dnsrec"]["ndcg@10"] for r in runs]),
         },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,9 @@ def test_dynamic_export_has_the_contract_interface_and_metadata(model, dynamic_o
     assert props["dnsrec_edge.n_items"] == str(model.arch.n_items)
     assert props["dnsrec_edge.dataset"] == "fp-123"
     assert props["dnsrec_edge.version"]
+    # the exporter's per-node trace info (stack traces with this machine's paths) is dropped
+    assert not any(n.metadata_props or n.doc_string for n in proto.graph.node)
+    assert b"stack_trace" not in dynamic_onnx.read_bytes()
     session = ort.InferenceSession(str(dynamic_onnx))
     for batch in (1, 7):  # the batch axis is dynamic
         seqs = synthetic_inputs(model.arch.n_items, model.arch.max_len, rows=batch, seed=batch)
