@@ -49,7 +49,11 @@ def slug(budget: str) -> str:
     """``latency=50%`` -> ``lat50``: the budget's part of a run folder's name."""
     b = parse_budget(budget)
     kind = {"latency": "lat"}.get(b.kind, b.kind)
-    value = f"{b.value * 100:g}" if b.relative else f"{b.value:g}" + ("" if b.kind == "flops" else b.unit)
+    value = (
+        f"{b.value * 100:g}"
+        if b.relative
+        else f"{b.value:g}" + ("" if b.kind == "flops" else b.unit)
+    )
     return kind + value + ("supernet" if b.relative_to == "supernet" else "")
 
 
