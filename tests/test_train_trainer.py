@@ -149,7 +149,9 @@ def test_resume_from_a_damaged_training_state_is_one_safe_sentence(ml100k_small,
     out.mkdir()
     (out / "last.pt").write_bytes(b"\x80\x02garbage that is no torch file")
     with pytest.raises(InputFileError) as err:
-        train_model(_model(ml100k_small, config), ml100k_small, config, out, quiet=True, resume=True)
+        train_model(
+            _model(ml100k_small, config), ml100k_small, config, out, quiet=True, resume=True
+        )
     message = str(err.value)
     assert message == (
         f"training state '{out / 'last.pt'}' is damaged or not a dnsrec-edge training state; "

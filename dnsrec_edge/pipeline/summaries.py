@@ -26,10 +26,7 @@ def _sum_search(r):
     depth = r["arch"]["depth"]
     widths = ", ".join(f"{b['heads']}h/ffn{b['ffn']}" for b in r["arch"]["blocks"])
     of = "the baseline" if r["budget"].get("relative_to") == "baseline" else "the full supernet"
-    text = (
-        f"{r['budget']['text']}: depth {depth} ({widths}), cost {100 * r['share']:.0f}% of "
-        f"{of}"
-    )
+    text = f"{r['budget']['text']}: depth {depth} ({widths}), cost {100 * r['share']:.0f}% of {of}"
     if r.get("measured_share") is not None:
         text += f" (measured {100 * r['measured_share']:.0f}%)"
     return text + f", valid NDCG@10 {r['valid']['ndcg@10']:.4f}"
