@@ -10,7 +10,8 @@ and a check that TVM's scores match ONNX Runtime's on the benchmark inputs. Writ
 benchmarks/results/compile.json.
 
     .venv/bin/python benchmarks/compile.py              # full run, default builds
-    .venv/bin/python benchmarks/compile.py --trials 128 # also tuned builds
+    .venv/bin/python benchmarks/compile.py --trials 128 # also tuned builds (a trial count)
+    .venv/bin/python benchmarks/compile.py --minutes 5  # ... or a time budget per model and batch
     .venv/bin/python benchmarks/compile.py --quick      # smoke run (tiny model, batch 1)
 
 Weights are untrained (seeded): latency does not depend on them.
@@ -150,7 +151,8 @@ def _match(got: np.ndarray, ref: np.ndarray) -> dict:
     }
 
 
-def bench_model(name, arch, batches, trials, work: Path, rounds: int, threads_list) -> dict:
+def bench_model(name, arch, batches, tuning: dict, work: Path, rounds: int, threads_list) -> dict:
+    """``tuning``: ``compile``'s tuning keywords (``trials`` or ``minutes``); empty: none."""
     import onnxruntime as ort
     import tvm
     from tvm.runtime.vm import VirtualMachine
@@ -167,14 +169,14 @@ def bench_model(name, arch, batches, trials, work: Path, rounds: int, threads_li
         t0 = time.perf_counter()
         tuned = (
             default
-            if not trials
+            if not tuning
             else compile_model(
                 onnx_path,
                 TARGET,
                 work / f"{name}-{key}-tuned",
                 batch=batch,
                 tune=True,
-                trials=trials,
+                **tuning,
                 tuning_db=work / f"db-{name}-{key}",
                 quiet=True,
             )
@@ -237,10 +239,12 @@ def bench_model(name, arch, batches, trials, work: Path, rounds: int, threads_li
             "tuned_vs_ort": ratio(res, "tvm_tuned"),
             "matches_onnxruntime": match,
             "trials": tuned.manifest["tuning"]["trials"],
+            "measured_candidates": tuned.manifest["tuning"].get("measured", 0),
             "tune_seconds": tuned.manifest["tuning"]["seconds"],
             "tuned_kernels_from_db": tuned.manifest["tuning"]["scheduled_funcs"],
             "compile_seconds": round(compile_s, 1),
-            "tuned_compile_seconds": round(tuned_compile_s, 1) if trials else 0.0,
+            "tuned_compile_seconds": round(tuned_compile_s, 1) if tuning else 0.0,
+            "tuning_budget": tuning,
             "target": default.manifest["target"],
             "kernels": default.manifest["kernels"],
             "profile": profiles,
@@ -257,6 +261,9 @@ def main() -> None:
     parser.add_argument(
         "--trials", type=int, default=0, help="MetaSchedule trials per model and batch (0: none)"
     )
+    parser.add_argument(
+        "--minutes", type=float, default=0, help="or a tuning time budget per model and batch"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}"
@@ -267,6 +274,7 @@ def main() -> None:
     models = QUICK if args.quick else {k: MODELS[k] for k in args.models.split(",")}
     batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
     trials = 16 if args.quick and args.trials else args.trials
+    tuning = {"minutes": args.minutes} if args.minutes else {"trials": trials} if trials else {}
     cpu = detect_host()
     threads_list = sorted({1, cpu.cores})
     load_before = os.getloadavg()
@@ -274,7 +282,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dnsrec-bench-") as tmp:
         for name, arch in models.items():
             results[name] = bench_model(
-                name, arch, batches, trials, Path(tmp), 3 if args.quick else args.rounds,
+                name, arch, batches, tuning, Path(tmp), 3 if args.quick else args.rounds,
                 threads_list,
             )  # fmt: skip
     report = {
@@ -291,7 +299,7 @@ def main() -> None:
         "Weights are untrained (seeded); latency does not depend on them. 'profile' is per "
         "thread count: TVM kernels timed one by one with their real arguments (the rest is "
         "'vm overhead'), ONNX Runtime from its own profiler (the rest is 'session overhead').",
-        "command": ".venv/bin/python benchmarks/compile.py",
+        "command": " ".join([".venv/bin/python", "benchmarks/compile.py", *sys.argv[1:]]),
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "models": results,
         "archs": {

@@ -378,11 +378,13 @@ def _tuning_database(
     if tune:
         t0 = time.perf_counter()
         measurer = _board_measurer(tgt, compiler, *measure) if measure else None
+        before = tuning.record_count(db_path)
         database = tuning.tune(
             mod, tgt, tvm_target, db_path, trials, measurer=measurer, quiet=quiet, minutes=minutes
         )
         tune_info.update(
             trials=trials,
+            measured=tuning.record_count(db_path) - before,
             minutes=minutes,
             seconds=round(time.perf_counter() - t0, 1),
             measured_on=measurer.where if measurer else "host",

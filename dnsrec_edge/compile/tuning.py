@@ -78,6 +78,15 @@ def database_exists(path: Path) -> bool:
     return (Path(path) / WORKLOADS).is_file() and (Path(path) / RECORDS).is_file()
 
 
+def record_count(path: Path) -> int:
+    """Candidates measured into the database at ``path`` so far (0 when there is none)."""
+    records = Path(path) / RECORDS
+    if not records.is_file():
+        return 0
+    with records.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def open_database(path: Path):
     """The JSON database in folder ``path`` (created if missing)."""
     from tvm.s_tir import meta_schedule as ms
