@@ -11,7 +11,7 @@ from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 from dnsrec_edge.search.budget import Budget, budget_from_dict, parse_budget
 from dnsrec_edge.search.constraint import CostTable, Penalty, depth_factor
 from dnsrec_edge.search.controllers import ArchController, MixWeights, anneal
-from dnsrec_edge.search.front import most_probable_in_budget
+from dnsrec_edge.search.front import FrontPoint, most_probable_in_budget, pick
 from dnsrec_edge.search.loop import SearchConfig
 from dnsrec_edge.search.space import Choice, SearchSpace
 
@@ -298,3 +298,14 @@ def test_a_baseline_share_needs_a_cost_model_that_predicts_the_baseline():
     )
     flops = parse_budget("flops=50%")
     assert baseline_cost(FlopsModel(), base, flops, None) == FlopsModel().predict(base).flops
+
+
+def test_pick_takes_a_measured_share_within_the_tolerance_only_when_none_fits():
+    def point(ndcg, cost, share):
+        return FrontPoint(Choice(1, ((0, 0),)), 0.0, cost, {"ndcg@10": ndcg}, share)
+
+    exact, over, far = point(0.10, 1.0, 0.24), point(0.12, 1.0, 0.26), point(0.13, 1.0, 0.30)
+    assert pick([exact, over, far], 2.0, 0.25) is exact  # in budget beats more accurate
+    assert pick([over, far], 2.0, 0.25) is over  # 26 % measured for 25 %: within 10 %
+    assert pick([far], 2.0, 0.25) is None  # 30 % is not
+    assert pick([point(0.2, 3.0, 0.1)], 2.0, 0.25) is None  # the predicted cost still binds

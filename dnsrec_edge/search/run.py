@@ -35,7 +35,7 @@ from dnsrec_edge.fsio import append_jsonl, atomic_write_json, atomic_write_text
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.search.budget import Budget, parse_budget
 from dnsrec_edge.search.constraint import CostTable
-from dnsrec_edge.search.front import FrontPoint, Measure, pick, score_front
+from dnsrec_edge.search.front import MEASURE_TOLERANCE, FrontPoint, Measure, pick, score_front
 from dnsrec_edge.search.loop import LoopResult, SearchConfig, run_search
 from dnsrec_edge.search.space import Choice, SearchSpace
 from dnsrec_edge.search.supernet import Supernet
@@ -293,8 +293,17 @@ def search(
     if chosen is None:
         cheapest = min(p.measured_share for p in front if p.measured_share is not None)
         raise BudgetError(
-            f"no architecture on the front meets the budget {budget} when measured: the "
-            f"cheapest measured {100 * cheapest:.0f}% of the baseline; raise the budget"
+            f"no architecture on the front meets the budget {budget} when measured, even "
+            f"{100 * MEASURE_TOLERANCE:.0f}% over it: the cheapest measured "
+            f"{100 * cheapest:.0f}% of the baseline; raise the budget"
+        )
+    if share is not None and chosen.measured_share is not None and chosen.measured_share > share:
+        log.warning(
+            "no architecture on the front measured within %s; taking one measured at %.1f%% of "
+            "the baseline (within the %.0f%% measurement tolerance)",
+            budget,
+            100 * chosen.measured_share,
+            100 * MEASURE_TOLERANCE,
         )
     seconds = time.perf_counter() - t0
     arch = space.arch(chosen.choice)
