@@ -297,7 +297,7 @@ def search(
             f"{100 * MEASURE_TOLERANCE:.0f}% over it: the cheapest measured "
             f"{100 * cheapest:.0f}% of the baseline; raise the budget"
         )
-    if share is not None and chosen.measured_share is not None and chosen.measured_share > share:
+    if not chosen.fits(limit, share):  # taken within the measurement tolerance only
         log.warning(
             "no architecture on the front measured within %s; taking one measured at %.1f%% of "
             "the baseline (within the %.0f%% measurement tolerance)",
