@@ -20,6 +20,7 @@ interleaved run). Results: ``benchmarks/results/ablations.json``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import statistics
@@ -142,25 +143,30 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     path = RESULTS / "ablations.json"
-    old = json.loads(path.read_text()) if path.exists() else {"per_seed": {}}
-    per_seed = {int(k): v for k, v in old.get("per_seed", {}).items()}
 
     def save(seed: int, baseline: dict, name: str, entry: dict) -> None:
-        record = per_seed.setdefault(seed, {"variants": {}})
-        record["baseline"] = baseline
-        record["variants"][name] = entry
-        summary = {
-            "dataset": "ml-100k",
-            "preset": "short",
-            "budget": DEFAULT_BUDGETS["short"],
-            "per_seed": per_seed,
-            "summary": summarise(per_seed),
-        }
-        atomic_write_json(path, summary)
+        # Re-read under a lock, so seeds run in parallel processes merge instead of clobbering.
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            old = json.loads(path.read_text()) if path.exists() else {}
+            per_seed = {int(k): v for k, v in old.get("per_seed", {}).items()}
+            record = per_seed.setdefault(seed, {"variants": {}})
+            record["baseline"] = baseline
+            record["variants"][name] = entry
+            atomic_write_json(
+                path,
+                {
+                    "dataset": "ml-100k",
+                    "preset": "short",
+                    "budget": DEFAULT_BUDGETS["short"],
+                    "per_seed": dict(sorted(per_seed.items())),
+                    "summary": summarise(per_seed),
+                },
+            )
 
     for seed in args.seeds:
         one_seed(seed, args.variants, args.threads, save, args.runs)
-    print(json.dumps(summarise(per_seed), indent=1))
+    print(json.dumps(json.loads(path.read_text())["summary"], indent=1))
 
 
 if __name__ == "__main__":

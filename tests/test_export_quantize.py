@@ -93,3 +93,54 @@ def test_an_int8_file_compiles_and_matches_onnx_runtime(trained, ml100k, tmp_pat
     art = compile_model(path, "host", tmp_path / "build", quiet=True)
     assert art.manifest["quantize"] == "int8"
     assert art.library.is_file()  # compile checked it against ONNX Runtime on the same file
+
+
+@pytest.mark.tvm
+def test_an_int8_build_keeps_one_8_bit_item_table(trained, ml100k, tmp_path):
+    import tvm
+    from tvm import relax
+
+    from dnsrec_edge.compile.build import import_relax, lower_to_tir
+    from dnsrec_edge.compile.onnx_io import load_onnx
+    from dnsrec_edge.compile.targets import load_target
+
+    path, _ = export_checkpoint(trained, tmp_path / "int8.onnx", batch=1, dataset=ml100k,
+                                quantize="int8")  # fmt: skip
+    mod = lower_to_tir(
+        import_relax(load_onnx(path), [1, MAX_LEN]), load_target("x86_64").tvm_target()
+    )
+    consts = {}  # one entry per constant node (a node may be read at several call sites)
+
+    def visit(e):
+        if isinstance(e, tvm.ir.expr.Constant) and hasattr(e.value, "numpy"):
+            consts[e.__chandle__()] = e.value.numpy()
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    n = ml100k.n_items
+    tables = [c for c in consts.values() if c.size >= n * 32]
+    # one (hidden, >= n items) table of 8-bit codes, read by the lookup and the scoring; no
+    # float32 copy of it folded in by constant folding
+    assert [(c.dtype.itemsize, c.shape[0]) for c in tables] == [(1, 32)]
+    assert tables[0].shape[1] >= n
+
+
+def test_calibration_runs_in_strides_only_for_a_large_catalogue():
+    def proto(items: int):
+        table = onnx.TensorProto(name="item_emb", dims=[items + 1, 64], data_type=1)
+        ffn = onnx.TensorProto(name="ffn", dims=[64, 256], data_type=1)
+        return onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [table, ffn]))
+
+    assert quantize.calibration_stride(proto(3416), 1, 256) == 256  # 0.23 GB kept: one pass
+    assert quantize.calibration_stride(proto(10**6), 1, 256) == 4  # 260 MB a batch
+    assert quantize.calibration_stride(proto(10**6), 32, 8) == 2  # 384 MB a batch
+
+
+def test_a_strided_calibration_still_passes_the_accuracy_check(
+    trained, ml100k, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(quantize, "CALIBRATION_MEMORY", 1)  # one batch per stride
+    path, report = export_checkpoint(trained, tmp_path / "int8.onnx", dataset=ml100k,
+                                     quantize="int8")  # fmt: skip
+    assert path.is_file() and report.quantized["ndcg_ratio"] >= quantize.MIN_NDCG_RATIO

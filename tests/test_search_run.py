@@ -193,6 +193,23 @@ def test_a_step_latency_budget_refuses_a_left_padded_space(ml100k_small, tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
+def test_a_front_no_measurement_fits_fails_and_keeps_the_trained_supernet(ml100k_small, tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(BudgetError) as err:
+        search(
+            ml100k_small, "latency=40%", out, "x86_64", config=_config(),
+            space=_space(ml100k_small), measure=lambda archs: [0.8] * len(archs), quiet=True,
+        )  # fmt: skip
+    assert "even 10% over it: the cheapest measured 80% of the baseline" in str(err.value)
+    assert f"are kept in {out}" in str(err.value)
+    front = json.loads((out / "front.json").read_text())
+    assert front and all(p["measured_share"] == 0.8 for p in front)
+    net, _ = load_checkpoint(out / "supernet.pt", ml100k_small.fingerprint)
+    assert isinstance(net, Supernet)
+    assert not (out / "arch.json").exists()  # nothing claims a selection
+
+
 def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 

@@ -104,6 +104,7 @@ def _cpu_rewrites(tvm_target) -> list:
     """Relax rewrites that fit CPU kernels to SIMD registers (none for GPUs)."""
     if tvm_target.kind.name != "llvm":
         return []
+    from dnsrec_edge.compile.int8_table import int8_item_table_pass
     from dnsrec_edge.compile.rewrites import (
         pad_constant_matmul_pass,
         share_item_table_pass,
@@ -112,6 +113,7 @@ def _cpu_rewrites(tvm_target) -> list:
     from dnsrec_edge.compile.schedules import vector_lanes
 
     return [
+        int8_item_table_pass(2 * vector_lanes(tvm_target)),
         pad_constant_matmul_pass(2 * vector_lanes(tvm_target)),
         share_item_table_pass(),
         topk_pass(),

@@ -51,6 +51,10 @@ MIN_NDCG_RATIO = 0.99
 MIN_TOP10_OVERLAP = 0.90
 CALIBRATION_ROWS = 256
 _CALIBRATION_BATCH = 32
+# The calibrator keeps every batch's intermediate tensors until it builds its histograms, and
+# the scoring reads the whole (transposed) item table: 260 MB a batch at 10^6 items. Above
+# this many bytes the batches are fed in strides, each folded into the histograms at once.
+CALIBRATION_MEMORY = 1 << 30
 
 
 @dataclass
@@ -116,10 +120,21 @@ def quantize_onnx(
             f"calibration needs at least {step} histories, got {len(calibration)}; use a "
             "dataset with more users"
         )
+    stride = calibration_stride(proto, step, len(chunks))
+    extra = {}
+    if stride < len(chunks):
+        chunks = chunks[: len(chunks) // stride * stride]  # the strides must tile the batches
+        extra["CalibStridedMinMax"] = stride  # (despite its name, strides any calibrator)
 
     class Histories(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(chunks)
+            self.set_range(0, len(chunks))
+
+        def __len__(self) -> int:
+            return len(chunks)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.batches = iter(chunks[start_index:end_index])
 
         def get_next(self):
             chunk = next(self.batches, None)
@@ -138,6 +153,7 @@ def quantize_onnx(
             calibrate_method=CalibrationMethod.Percentile,
             op_types_to_quantize=["MatMul", "Gemm", "Gather"],
             nodes_to_quantize=_weight_nodes(proto),
+            extra_options=extra,
         )
     quantized = onnx.load(str(out))
     props = {p.key: p.value for p in proto.metadata_props}
@@ -145,6 +161,18 @@ def quantize_onnx(
     onnx.helper.set_model_props(quantized, props)
     onnx.save(quantized, str(out))
     return Path(out)
+
+
+def calibration_stride(proto, batch: int, batches: int) -> int:
+    """How many calibration batches to run before folding them into the histograms: all of
+    them unless their kept tensors, about the scoring's item table and scores per batch,
+    would pass :data:`CALIBRATION_MEMORY`."""
+    tables = [t.dims for t in proto.graph.initializer if len(t.dims) == 2]
+    items, hidden = max(tables, key=lambda d: d[0] * d[1], default=(0, 0))  # the item table
+    per_batch = 4 * items * (hidden + batch)
+    if per_batch * batches <= CALIBRATION_MEMORY:
+        return batches
+    return max(1, CALIBRATION_MEMORY // per_batch)
 
 
 @contextlib.contextmanager

@@ -275,6 +275,10 @@ def search(
     loop = run_search(
         model, dataset, table, limit, config, on_epoch, quiet, baseline_valid=baseline_valid
     )
+    # saved before the front is picked, so a run whose selection fails keeps its training
+    save_checkpoint(
+        out / "supernet.pt", model, dataset.fingerprint, meta | {"epoch": loop.best.epoch}
+    )
     visited = [(f"epoch {e.epoch}", e.choice) for e in loop.epochs]
     share = budget.value if budget.relative_to == "baseline" and budget.kind == "latency" else None
     model.eval()
@@ -289,13 +293,15 @@ def search(
         measure,
         config.eval_batch_size,
     )
+    atomic_write_json(out / "front.json", [p.to_dict() for p in front])
     chosen = pick(front, limit, share)
     if chosen is None:
         cheapest = min(p.measured_share for p in front if p.measured_share is not None)
         raise BudgetError(
             f"no architecture on the front meets the budget {budget} when measured, even "
             f"{100 * MEASURE_TOLERANCE:.0f}% over it: the cheapest measured "
-            f"{100 * cheapest:.0f}% of the baseline; raise the budget"
+            f"{100 * cheapest:.0f}% of the baseline; raise the budget (the trained supernet "
+            f"and the measured front are kept in {out})"
         )
     if not chosen.fits(limit, share):  # taken within the measurement tolerance only
         log.warning(
@@ -317,8 +323,6 @@ def search(
             f"budget {_fmt(limit, budget)}, although its per-block estimate fits; raise the budget"
         )
     best = loop.best
-    save_checkpoint(out / "supernet.pt", model, dataset.fingerprint, meta | {"epoch": best.epoch})
-    atomic_write_json(out / "front.json", [p.to_dict() for p in front])
     atomic_write_text(out / "arch.json", arch.to_json())
     atomic_write_json(
         out / "run.json",
