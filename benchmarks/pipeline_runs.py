@@ -54,6 +54,7 @@ def run_figures(run: Path) -> dict:
         "budget": search["budget"],
         "front_measured_share": search.get("measured_share"),
         "search_seconds": search["search_seconds"],
+        "warmup_reused": search.get("warmup_reused", False),
         "stage_seconds": {s: done(run, s).get("wall_seconds") for s in STAGES},
         "latency_ms": {},
     }

@@ -6,7 +6,9 @@ Each (seed, budget) is one run of the README's pipeline, full preset, on this ho
 
 For each seed the first budget's run trains the baseline; the other budgets' run folders get a
 copy of its data and baseline stages before they start (the pipeline reuses a stage whose
-inputs match), so every budget of a seed is judged against one baseline. Finished run folders
+inputs match), so every budget of a seed is judged against one baseline, and of its supernet
+warm-up, which does not depend on the budget (their searches start after it; the per-seed
+``warmup_reused`` says so, and their search seconds leave the warm-up out). Finished run folders
 are resumed, not redone. Per budget, ``benchmarks/results/search.json`` gets, under the
 dataset's name and ``budgets[B]``:
 
@@ -42,6 +44,7 @@ from dnsrec_edge.search.budget import parse_budget
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED_STAGES = ("data", "baseline")
+WARMUPS = Path("cache") / "warmup"  # a run folder's supernet warm-ups (search/warmup_cache.py)
 TOLERANCE = 1.1  # a measured share within 10 % of the budget counts as met
 
 
@@ -65,6 +68,8 @@ def run_one(dataset: str, budget: str, seed: int, threads: int | None, shared: P
             if not (run / "stages" / stage).exists():
                 (run / "stages").mkdir(parents=True, exist_ok=True)
                 shutil.copytree(shared / "stages" / stage, run / "stages" / stage)
+        if (shared / WARMUPS).is_dir():  # the supernet warm-up does not depend on the budget
+            shutil.copytree(shared / WARMUPS, run / WARMUPS, dirs_exist_ok=True)
     cmd = [str(ROOT / ".venv" / "bin" / "dnsrec-edge"), "--quiet", "pipeline"]
     cmd += ["--dataset", dataset, "--budget", budget, "--seed", str(seed), "--out", str(run)]
     if threads:

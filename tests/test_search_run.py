@@ -210,6 +210,33 @@ def test_a_front_no_measurement_fits_fails_and_keeps_the_trained_supernet(ml100k
     assert not (out / "arch.json").exists()  # nothing claims a selection
 
 
+@pytest.mark.slow
+def test_a_second_budget_reuses_the_warmup_and_searches_as_without_it(ml100k_small, tmp_path):
+    cache = tmp_path / "cache"
+
+    def run(name, budget, cache=cache):
+        res = search(ml100k_small, budget, tmp_path / name, config=_config(),
+                     space=_space(ml100k_small), quiet=True, warmup_cache=cache)  # fmt: skip
+        run_json = json.loads((tmp_path / name / "run.json").read_text())
+        log = [r for _, r, _ in read_jsonl(tmp_path / name / "search_log.jsonl")]
+        searched = [(r["epoch"], r["valid"], r["selected"]) for r in log if r["phase"] == "search"]
+        return res, run_json["warmup"], searched
+
+    plain, plain_warmup, plain_log = run("plain", "flops=30%", cache=None)
+    first, first_warmup, first_log = run("first", "flops=30%")
+    assert len(list(cache.glob("*.pt"))) == len(list(cache.glob("*.sha256"))) == 1
+    again, again_warmup, again_log = run("again", "flops=30%")
+    assert not plain_warmup["reused"] and not first_warmup["reused"] and again_warmup["reused"]
+    # the search epochs after a reused warm-up run exactly as after a trained one
+    assert plain_log == first_log == again_log and plain.arch == first.arch == again.arch
+    _, other_warmup, _ = run("other", "flops=60%")  # the warm-up does not depend on the budget
+    assert other_warmup["reused"]
+    (entry,) = cache.glob("*.pt")
+    entry.write_bytes(entry.read_bytes()[:-1] + b"x")  # a damaged entry is trained anew
+    _, damaged_warmup, _ = run("damaged", "flops=30%")
+    assert not damaged_warmup["reused"]
+
+
 def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 

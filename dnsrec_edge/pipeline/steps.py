@@ -212,6 +212,7 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         measure=measure,
         front_size=ctx.settings["candidates"]["max"],
         cost_model=cost_model,
+        warmup_cache=ctx.out.parents[1] / "cache" / "warmup",  # shared by the run's budgets
     )
     candidates = evaluate_candidates(
         ctx.out / "run", ds, config.max_len, ctx.settings["candidates"]["max"]
@@ -230,6 +231,7 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         "valid": res.valid,
         "argmax_in_budget": res.argmax_in_budget,
         "search_seconds": round(res.seconds, 2),
+        "warmup_reused": res.warmup_reused,
         "candidates": len(candidates),
         **_size(res.arch),
     }

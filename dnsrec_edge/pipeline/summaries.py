@@ -29,7 +29,8 @@ def _sum_search(r):
     text = f"{r['budget']['text']}: depth {depth} ({widths}), cost {100 * r['share']:.0f}% of {of}"
     if r.get("measured_share") is not None:
         text += f" (measured {100 * r['measured_share']:.0f}%)"
-    return text + f", valid NDCG@10 {r['valid']['ndcg@10']:.4f}"
+    text += f", valid NDCG@10 {r['valid']['ndcg@10']:.4f}"
+    return text + (", warm-up reused" if r.get("warmup_reused") else "")
 
 
 def _sum_prune(r):

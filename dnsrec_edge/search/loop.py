@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from dnsrec_edge.search.front import hard_valid, most_probable_in_budget
 from dnsrec_edge.search.sandwich import sandwich_step
 from dnsrec_edge.search.space import Choice
 from dnsrec_edge.search.supernet import Supernet
+from dnsrec_edge.search.warmup_cache import load_warmup, save_warmup, warmup_key
 from dnsrec_edge.train.losses import LOSSES, sequence_loss
 
 log = logging.getLogger(__name__)
@@ -135,8 +137,9 @@ class LoopResult:
     best: EpochResult | None
     epochs: list[EpochResult] = field(default_factory=list)
     seconds: float = 0.0
-    warmup_epochs: int = 0  # warm-up epochs actually run
+    warmup_epochs: int = 0  # warm-up epochs actually run (or reused)
     warmup_valid: float = -1.0  # the largest path's valid NDCG@10 after the last warm-up epoch
+    warmup_reused: bool = False  # loaded from the warm-up cache instead of trained
 
 
 def split_users(dataset: Dataset, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,10 +166,13 @@ def run_search(
     on_epoch: Callable[[dict[str, Any], bool], None] | None = None,
     quiet: bool = False,
     baseline_valid: float | None = None,
+    warmup_cache: Path | None = None,
 ) -> LoopResult:
     """Train ``model`` and its controllers; ``on_epoch(record, improved)`` after each epoch.
 
-    ``baseline_valid`` (the baseline's validation NDCG@10) turns on the warm-up rule.
+    ``baseline_valid`` (the baseline's validation NDCG@10) turns on the warm-up rule. With
+    ``warmup_cache`` (a folder, :mod:`search.warmup_cache`), a finished warm-up of the same
+    data, space, settings and baseline is loaded instead of trained, and a trained one saved.
     """
     weight_users, held_users = split_users(dataset, config.heldout, config.seed)
     if len(weight_users) == 0:
@@ -188,6 +194,27 @@ def run_search(
     result, best_ndcg, t0 = LoopResult(None), -1.0, time.perf_counter()
     step, anneal_step, searched, warmed, ratio = 0, 0, 0, 0, float("inf")
     epoch = 0
+    key = None
+    if warmup_cache is not None:
+        key = warmup_key(dataset.fingerprint, model.space, config, baseline_valid)
+        reused = load_warmup(warmup_cache, key, model, w_opt)
+        if reused is not None:
+            step, warmed, epoch = reused["step"], reused["warmed"], reused["warmed"]
+            result.warmup_epochs, result.warmup_valid = warmed, reused["warmup_valid"]
+            result.warmup_reused = True
+            # the controllers did not move in the warm-up: every warm-up epoch selected this
+            record, epoch_result = _end_epoch(model, dataset, table, limit, config, epoch)
+            record.update(
+                phase="warmup-reused",
+                penalty_weight=penalty.lam,
+                mean_expected_ratio=None,
+                seconds=0.0,
+            )
+            record["largest_valid_ndcg@10"] = result.warmup_valid
+            result.epochs.append(epoch_result)
+            if on_epoch is not None:
+                on_epoch(record, False)
+            key = None  # nothing to save
     while searched < search_epochs:
         epoch += 1
         torch.manual_seed(config.seed * 100_003 + epoch)
@@ -195,6 +222,10 @@ def run_search(
         searching = warmed >= config.warmup_epochs and (
             target is None or warmed >= max_warmup or result.warmup_valid >= target
         )
+        if searching and key is not None:  # the warm-up just ended: keep it for other budgets
+            state = {"step": step, "warmed": warmed, "warmup_valid": result.warmup_valid}
+            save_warmup(warmup_cache, key, model, w_opt, state)
+            key = None
         losses, ratios = [], []
         batches = _weight_batches(dataset, weight_users, config, epoch)
         for i, (item_seq, targets) in enumerate(

@@ -65,6 +65,7 @@ class SearchResult:
     seconds: float
     model: Supernet  # after the search, as in supernet.pt
     front: list[FrontPoint] = field(default_factory=list)
+    warmup_reused: bool = False  # the warm-up came from the warm-up cache
 
     @property
     def share(self) -> float:
@@ -212,6 +213,7 @@ def search(
     measure: Measure | None = None,
     front_size: int = 8,
     cost_model: CostModel | None = None,
+    warmup_cache: str | Path | None = None,
 ) -> SearchResult:
     """Search the architecture that fits ``budget``; write the run folder ``out_dir``.
 
@@ -223,6 +225,8 @@ def search(
     :mod:`search.front`) adds measured latency shares to the front. ``space`` defaults to 4
     blocks, hidden 64, heads 4/2/1 x 16, FFN 256/128/64, data-aware gates. ``cost_model``
     replaces the budget's usual one (e.g. an ``OrtLatencyModel`` measuring on this host).
+    ``warmup_cache`` (a folder) shares the budget-independent supernet warm-up between
+    searches that differ only in their budget (:mod:`search.warmup_cache`).
     """
     config = config or SearchConfig()
     budget = parse_budget(budget) if isinstance(budget, str) else budget
@@ -273,7 +277,15 @@ def search(
 
     t0 = time.perf_counter()
     loop = run_search(
-        model, dataset, table, limit, config, on_epoch, quiet, baseline_valid=baseline_valid
+        model,
+        dataset,
+        table,
+        limit,
+        config,
+        on_epoch,
+        quiet,
+        baseline_valid=baseline_valid,
+        warmup_cache=None if warmup_cache is None else Path(warmup_cache),
     )
     # saved before the front is picked, so a run whose selection fails keeps its training
     save_checkpoint(
@@ -357,6 +369,7 @@ def search(
         seconds,
         model,
         front,
+        loop.warmup_reused,
     )
 
 
@@ -394,7 +407,11 @@ def run_record(
         "supernet_cost": table.reference(),
         "space": table.space.to_dict(),
         "config": asdict(config),
-        "warmup": {"epochs": loop.warmup_epochs, "largest_valid_ndcg@10": loop.warmup_valid},
+        "warmup": {
+            "epochs": loop.warmup_epochs,
+            "largest_valid_ndcg@10": loop.warmup_valid,
+            "reused": loop.warmup_reused,
+        },
         "selected": {
             "choice": asdict(chosen.choice),
             "cost": cost,
