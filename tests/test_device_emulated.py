@@ -67,6 +67,12 @@ def test_emulated_arm64_board_runs_checks_and_times_the_artifact(tmp_path):
         assert d["energy"]["source"] == "model"
         assert not (cal / "arm64" / "records.jsonl").exists()  # emulated: never a measurement
         assert board_processes(), "the board runs under qemu with the emulate sysroot"
+        # an int8 build (one 8-bit item table, compile/int8_table.py) runs there too and
+        # matches ONNX Runtime's int8 scores on the host
+        int8 = build_artifact(tmp_path / "arm64-int8", "aarch64", int8=True)
+        d = benchmark(int8, rpc=f"127.0.0.1:{port}", warmup=1, repeat=2, number=1,
+                      calibration_dir=cal).to_dict()  # fmt: skip
+        assert d["complete"] is True and d["max_abs_diff"] <= 1e-4 and d["top10_match"] is True
     finally:
         board.proc.send_signal(signal.SIGTERM)
         code = board.proc.wait(60)
