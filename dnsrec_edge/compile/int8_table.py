@@ -25,7 +25,7 @@ import logging
 
 import numpy as np
 
-from dnsrec_edge.compile.rewrites import calls, function_pass
+from dnsrec_edge.compile.rewrites import calls, function_pass, lookup_columns
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,7 @@ def int8_item_table_pass(multiple: int):
             qt, _n, s, zp, zero_row = self.table(*found)
             if not zero_row:
                 return None
-            ids = call.args[1]
-            ndim = len(ids.ty.shape)
-            one, zero = relax.const(1, ids.ty.dtype), relax.const(0, ids.ty.dtype)
-            cols = relax.op.maximum(relax.op.subtract(ids, one), zero)
-            codes = relax.op.permute_dims(
-                relax.op.take(qt, cols, axis=1), [*range(1, ndim + 1), 0]
-            )  # (*ids.shape, d)
+            codes, real = lookup_columns(qt, call.args[1])
             rows = relax.op.dequantize(
                 codes,
                 relax.const(s, "float32"),
@@ -125,7 +119,6 @@ def int8_item_table_pass(multiple: int):
                 axis=-1,
                 out_dtype="float32",
             )
-            real = relax.op.astype(relax.op.expand_dims(relax.op.greater(ids, zero), -1), "float32")
             log.debug("embedding lookup reads the int8 item table")
             return relax.op.multiply(rows, real)
 

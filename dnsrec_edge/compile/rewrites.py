@@ -194,14 +194,7 @@ def share_item_table_pass():
             weight = _matching_weight(table, self.candidates)
             if weight is None:
                 return call
-            ids = call.args[1]
-            ndim = len(ids.ty.shape)
-            one = relax.const(1, ids.ty.dtype)
-            zero = relax.const(0, ids.ty.dtype)
-            cols = relax.op.maximum(relax.op.subtract(ids, one), zero)
-            rows = relax.op.take(weight, cols, axis=1)  # (d, *ids.shape)
-            rows = relax.op.permute_dims(rows, [*range(1, ndim + 1), 0])
-            real = relax.op.astype(relax.op.expand_dims(relax.op.greater(ids, zero), -1), "float32")
+            rows, real = lookup_columns(weight, call.args[1])
             log.debug("embedding lookup shares the scoring weight (%s)", table.shape)
             return relax.op.multiply(rows, real)
 
@@ -212,6 +205,21 @@ def share_item_table_pass():
         return ShareTable(mod, candidates)
 
     return function_pass("DnsrecShareItemTable", make)
+
+
+def lookup_columns(table_t, ids):
+    """The embedding lookup of ``ids`` in a transposed item table ``table_t`` (d, >= n) whose
+    column ``j`` is item ``j + 1``: ``(rows, real)``, the rows ``table_t[:, ids - 1].T``
+    (*ids.shape, d; padding ids read column 0) and the float32 mask that zeroes them where
+    ``ids == 0``."""
+    from tvm import relax
+
+    ndim = len(ids.ty.shape)
+    one, zero = relax.const(1, ids.ty.dtype), relax.const(0, ids.ty.dtype)
+    cols = relax.op.maximum(relax.op.subtract(ids, one), zero)
+    rows = relax.op.permute_dims(relax.op.take(table_t, cols, axis=1), [*range(1, ndim + 1), 0])
+    real = relax.op.astype(relax.op.expand_dims(relax.op.greater(ids, zero), -1), "float32")
+    return rows, real
 
 
 def _matching_weight(table: np.ndarray, candidates: list):
