@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -235,6 +236,10 @@ def test_a_second_budget_reuses_the_warmup_and_searches_as_without_it(ml100k_sma
     entry.write_bytes(entry.read_bytes()[:-1] + b"x")  # a damaged entry is trained anew
     _, damaged_warmup, _ = run("damaged", "flops=30%")
     assert not damaged_warmup["reused"]
+    none = tmp_path / "no-warmup"  # a search without warm-up epochs leaves no entry
+    search(ml100k_small, "flops=30%", tmp_path / "n", config=replace(_config(), warmup_epochs=0),
+           space=_space(ml100k_small), quiet=True, warmup_cache=none)  # fmt: skip
+    assert not none.exists() or not any(none.iterdir())
 
 
 def _invoke(*args):

@@ -223,8 +223,9 @@ def run_search(
             target is None or warmed >= max_warmup or result.warmup_valid >= target
         )
         if searching and key is not None:  # the warm-up just ended: keep it for other budgets
-            state = {"step": step, "warmed": warmed, "warmup_valid": result.warmup_valid}
-            save_warmup(warmup_cache, key, model, w_opt, state)
+            if warmed:  # (a search without warm-up epochs has nothing to share)
+                state = {"step": step, "warmed": warmed, "warmup_valid": result.warmup_valid}
+                save_warmup(warmup_cache, key, model, w_opt, state)
             key = None
         losses, ratios = [], []
         batches = _weight_batches(dataset, weight_users, config, epoch)
