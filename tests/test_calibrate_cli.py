@@ -34,6 +34,7 @@ BOARD = {
     "gemv_scalar_par_gflop": 900.0,
     "softmax_par_gflop": 600.0,
     "other_gflop": 150.0,
+    "stream_gb": 150.0,
 }
 
 
@@ -165,6 +166,14 @@ def test_where_to_measure_must_be_said_once(store):
     assert "(got --local, --rpc)" in result.output
     result = run("--target", "arm64", "--rpc-tracker", "h:1", "--calibration-dir", str(store))
     assert "--rpc-tracker needs --rpc-key" in result.output
+
+
+def test_a_bad_sampling_range_is_named(store):
+    for items, lens in (("5:2", "50"), ("1000-9000", "50"), ("1000:9000", "fifty")):
+        result = run("-t", "x86_64", "--local", "--items", items, "--lens", lens)
+        assert result.exit_code == 1
+        assert "--items" in result.output and "measured 0" not in result.output
+    assert not (store / "x86_64").exists()
 
 
 def test_shipped_calibration_says_what_each_target_has():

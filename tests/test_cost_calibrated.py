@@ -42,18 +42,27 @@ TRUE = {
     "gemv_scalar_par_gflop": 500.0,
     "softmax_par_gflop": 330.0,
     "other_gflop": 40.0,
+    "stream_gb": 150.0,
 }
 
 
 def synthetic_records(
-    n: int, seed: int = 0, noise: float = 0.02, board: str = "box-a", watts: float | None = None
+    n: int,
+    seed: int = 0,
+    noise: float = 0.02,
+    board: str = "box-a",
+    watts: float | None = None,
+    space: SearchSpace | None = None,
+    coef: dict | None = None,
+    cache_mb: float = 8.0,
 ) -> list[dict]:
     rng = random.Random(seed)
-    space = SearchSpace(n_items=(500, 4000), max_len=(20, 50))
+    space = space or SearchSpace(n_items=(500, 4000), max_len=(20, 50))
+    coef = coef or TRUE
     out = []
     for i, arch in enumerate(sample_archs(space, n, seed=seed)):
-        feats = features(analyze(arch, 1, arch.max_len))
-        ms = sum(TRUE[f] * feats[f] for f in FEATURES) * (1 + noise * rng.gauss(0, 1))
+        feats = features(analyze(arch, 1, arch.max_len), cache_mb)
+        ms = sum(coef[f] * feats[f] for f in FEATURES) * (1 + noise * rng.gauss(0, 1))
         energy = (
             None if watts is None else {"joules_per_inference": watts * ms / 1e3, "source": "rapl"}
         )
@@ -119,6 +128,55 @@ def test_adding_records_improves_a_poor_prior():
     assert before > 30.0
     assert after_few < before / 5
     assert after_all <= after_few + 1.0
+
+
+LARGE = SearchSpace(n_items=(1000, 1_000_000), max_len=(50, 200))
+
+
+def test_item_tables_over_the_cache_count_as_streamed_and_the_fit_finds_the_cache():
+    small, large = (
+        ArchSpec.from_dict(sample_archs(LARGE, 2)[0].to_dict() | {"n_items": n})
+        for n in (10_000, 300_000)
+    )
+    assert features(analyze(small), 8.0)["stream_gb"] == 0.0  # a 2.6 MB table stays in cache
+    assert features(analyze(large), 8.0)["stream_gb"] == pytest.approx(4 * 64 * 300_000 / 1e9)
+    model = CalibratedModel.prior(FACTS).fit(synthetic_records(40, space=LARGE, cache_mb=16.0))
+    assert model.cache_mb == 16.0
+    assert model.coefficients["stream_gb"] == pytest.approx(TRUE["stream_gb"], rel=0.1)
+    fresh = synthetic_records(20, seed=9, noise=0.0, space=LARGE, cache_mb=16.0)
+    pred = np.array([model.predict(arch_of(r)).latency_ms for r in fresh])
+    meas = np.array([r["latency_ms"]["min"] for r in fresh])
+    assert error_stats(meas, pred)["within10"] >= 0.95
+
+
+def test_a_new_board_starts_from_an_existing_model_with_a_few_records():
+    old = CalibratedModel.prior(FACTS).fit(synthetic_records(40, board="old"))
+    # the new board: 1.6x slower overall, its matmuls a further 1.5x (not one plain factor)
+    new = {f: 1.6 * c * (1.5 if "gemm" in f or "gemv" in f else 1.0) for f, c in TRUE.items()}
+    heldout = synthetic_records(20, seed=21, noise=0.0, board="new", coef=new)
+    meas = np.array([r["latency_ms"]["min"] for r in heldout])
+
+    def within10(model):
+        pred = np.array([model.predict(arch_of(r)).latency_ms for r in heldout])
+        return error_stats(meas, pred)["within10"]
+
+    few = synthetic_records(5, seed=22, board="new", coef=new)
+    with pytest.raises(CalibrationError, match="at least 14"):
+        CalibratedModel.prior(FACTS).fit(few)  # from the prior, five records are not enough
+    moved = CalibratedModel.prior(FACTS).fit(few, start=old)
+    assert within10(old) < 0.5  # the old board's model is wrong for the new one
+    assert within10(moved) >= 0.9
+    assert moved.meta["start"]["board"] == old.meta["board"] != moved.meta["board"]
+
+
+def test_a_model_fitted_before_stream_gb_existed_still_loads(tmp_path):
+    model = CalibratedModel.prior(FACTS).fit(synthetic_records(20))
+    d = model.to_dict()
+    del d["coefficients"]["stream_gb"], d["cache_mb"]
+    loaded = CalibratedModel.from_dict(d, FACTS)
+    assert loaded.coefficients["stream_gb"] == 0.0 and loaded.cache_mb == 8.0
+    arch = sample_archs(SearchSpace(), 3, seed=2)[2]
+    assert loaded.predict(arch).latency_ms > 0
 
 
 def test_too_few_records_says_how_many_are_needed():

@@ -24,6 +24,21 @@ from dnsrec_edge.cli.options import board_options, calibration_dir_option, threa
     help="Architectures to sample (Latin hypercube over the search space), compile and measure.",
 )
 @click.option(
+    "--items",
+    default="1000:10000",
+    show_default=True,
+    metavar="LOW:HIGH",
+    help="Item counts to sample, log-uniform between LOW and HIGH: cover the catalogue "
+    "sizes the model will be asked about (e.g. 1000:300000 for large catalogues).",
+)
+@click.option(
+    "--lens",
+    default="50,100,200",
+    show_default=True,
+    metavar="L1,L2,...",
+    help="Sequence lengths to sample from.",
+)
+@click.option(
     "--rounds",
     default=3,
     show_default=True,
@@ -79,6 +94,8 @@ def calibrate_cmd(
     threads: int | None,
     statistic: str,
     as_json: bool,
+    items: str,
+    lens: str,
 ) -> None:
     """Calibrate a target's latency/energy model from measurements, or refit it from records.
 
@@ -87,6 +104,7 @@ def calibrate_cmd(
     plot into the store.
     """
     from dnsrec_edge.bench.calibrate import calibrate
+    from dnsrec_edge.cost.sampling import parse_space
 
     if show:
         from dnsrec_edge.cost.calibrated import load_cost_model
@@ -114,6 +132,7 @@ def calibrate_cmd(
         threads=threads,
         statistic=statistic,
         quiet=ctx.obj.get("quiet", False),
+        space=parse_space(items, lens),
     )
     if as_json:
         import json

@@ -16,7 +16,11 @@ follow what makes a batch-1 call take time on a CPU with the toolkit's TVM build
   worse again, so they have their own feature. The scoring layer's N is the item count:
   an odd item count makes scoring scalar, which can dominate a small model's latency;
 - ``softmax_par_gflop`` (softmax-class kernels big enough to run in the thread pool) and
-  ``other_gflop`` (every other elementwise FLOP: masks, LayerNorm, gates, residuals).
+  ``other_gflop`` (every other elementwise FLOP: masks, LayerNorm, gates, residuals);
+- ``stream_gb``: the bytes of every weight matrix too large for the board's cache (in
+  practice the item table of a large catalogue), which each call streams from memory. The
+  cache size is fitted with the coefficients (the candidate in ``CACHE_MB`` whose fit
+  cross-validates best), since what a call keeps in cache is a property of the board.
 
 Coefficients are fitted by non-negative least squares on relative error, so each is a plain
 figure (ms per call, ms per kernel, ms per GFLOP). Energy is fitted the same way from records
@@ -24,11 +28,17 @@ with a measured energy source, or else taken as the target's active power times 
 predicted latency. Without records the model is the target's roofline prior (peak GFLOP/s,
 memory GB/s, a default launch cost).
 
+A new board or build flavour (the host target, a tuned build) can start from an existing
+model: ``fit(records, start=model)`` pulls each coefficient towards the existing one (scaled
+by one factor fitted first) with a ridge penalty, so a handful of records already corrects
+the existing model where it is wrong, and the pull fades as records accumulate.
+
 Example::
 
     model = load_cost_model("x86_64")
     model.predict(arch)            # Cost(flops=..., latency_ms=..., energy_mj=...)
     refit = model.fit(load_records("x86_64"))
+    host = CalibratedModel.prior("x86_64-avx512").fit(records, start=model)
 """
 
 from __future__ import annotations
@@ -82,11 +92,18 @@ FEATURES = (
     "gemv_scalar_par_gflop",
     "softmax_par_gflop",
     "other_gflop",
+    "stream_gb",
 )
 UNITS = {f: "ms per GFLOP" for f in FEATURES} | {
     "overhead": "ms per call",
     "kernels": "ms per kernel",
+    "stream_gb": "ms per GB",
 }
+# Cache sizes a fit tries (MB): weights larger than the chosen one count as streamed.
+CACHE_MB = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+DEFAULT_CACHE_MB = 8.0  # the prior's, and the cache of a model fitted before stream_gb existed
+TRANSFER_RIDGE = 1.0  # pull of a start model's coefficients, in records' worth of evidence
+ATTENTION_MATMULS = ("attn_scores", "attn_v")  # their operands are activations, not weights
 # Matmuls of at least this many multiply-adds, and elementwise kernels of at least a quarter
 # as many elements, run through the thread pool (the compile area's PARALLEL_MIN_WORK).
 PARALLEL_MIN_MACS = 1 << 17
@@ -107,8 +124,9 @@ def _tile_class(n: int) -> tuple[str, int]:
     return "scalar", 1
 
 
-def features(work: Work) -> dict[str, float]:
-    """Model features of one ``predict`` call's work (see the module docstring)."""
+def features(work: Work, cache_mb: float = DEFAULT_CACHE_MB) -> dict[str, float]:
+    """Model features of one ``predict`` call's work (see the module docstring); weights
+    larger than ``cache_mb`` count as streamed from memory."""
     out = dict.fromkeys(FEATURES, 0.0)
     out["overhead"] = 1.0
     out["kernels"] = float(work.kernels)
@@ -123,6 +141,8 @@ def features(work: Work) -> dict[str, float]:
     par_rows = sum(r.flops for r in work.row_kernels if 4 * r.elements >= PARALLEL_MIN_MACS)
     out["softmax_par_gflop"] = par_rows / 1e9
     out["other_gflop"] = (work.flops - work.matmul_flops - par_rows) / 1e9
+    weights = [4 * mm.k * mm.n for mm in work.matmuls if mm.op not in ATTENTION_MATMULS]
+    out["stream_gb"] = sum(b for b in weights if b > cache_mb * 1e6) / 1e9
     return out
 
 
@@ -182,6 +202,7 @@ def prior_coefficients(facts: TargetFacts) -> dict[str, float]:
         "gemv_scalar_par_gflop": max(scalar, stream),
         "softmax_par_gflop": scalar,
         "other_gflop": scalar,
+        "stream_gb": 1e3 / facts.mem_gbps,
     }
 
 
@@ -231,7 +252,9 @@ class FitData:
     gflop: np.ndarray  # (n,) total GFLOPs, for the FLOPs-only comparison
 
 
-def fit_data(records: list[dict[str, Any]], statistic: str = "min") -> FitData:
+def fit_data(
+    records: list[dict[str, Any]], statistic: str = "min", cache_mb: float = DEFAULT_CACHE_MB
+) -> FitData:
     """Merge duplicates and build features; records without an ArchSpec or the statistic are left out."""
     usable, rows, gflop = [], [], []
     for record in merge_duplicates(records, statistic):
@@ -244,7 +267,7 @@ def fit_data(records: list[dict[str, Any]], statistic: str = "min") -> FitData:
         except (ArchSpecError, KeyError, TypeError, ValueError) as err:
             log.warning("record %s skipped: %s", record.get("id", "?"), err)
             continue
-        feats = features(work)
+        feats = features(work, cache_mb)
         usable.append(record | {"merged_ms": float(value)})
         rows.append([feats[f] for f in FEATURES])
         gflop.append(work.flops / 1e9)
@@ -265,16 +288,52 @@ def _measured_energy_mj(record: dict[str, Any]) -> float:
     return math.nan
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
-    """Out-of-fold predictions: each record predicted by a fit that did not see it."""
+def nnls_towards(
+    x: np.ndarray, y: np.ndarray, start: np.ndarray, base: np.ndarray, ridge: float
+) -> np.ndarray:
+    """Non-negative coefficients near ``start``: relative least squares on the records plus
+    ``ridge * sum(((c - s * start) / base)^2)`` over the features ``start`` uses (non-zero),
+    where ``s`` is the one factor that best scales ``start`` to the records. Features
+    ``start`` does not use are fitted freely. With no records, ``start`` itself."""
+    from scipy.optimize import nnls
+
+    if len(y) == 0:
+        return start.copy()
+    p = (x @ start) / y
+    s = float(p.sum() / (p @ p)) if p @ p > 0 else 1.0
+    used = start > 0
+    a = x * base / y[:, None]  # in units of base: c = base * r
+    pull = np.sqrt(ridge) * np.eye(len(start))[used]
+    target = np.concatenate([np.ones(len(y)), np.sqrt(ridge) * s * start[used] / base[used]])
+    r, _ = nnls(np.vstack([a, pull]), target, maxiter=50 * len(start))
+    return r * base
+
+
+def cross_validate(
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: int = FOLDS,
+    seed: int = 0,
+    solve: Any = nnls_relative,
+) -> np.ndarray:
+    """Out-of-fold predictions: each record predicted by a fit (``solve(x, y)``) that did not
+    see it."""
     order = list(range(len(y)))
     random.Random(seed).shuffle(order)
     pred = np.empty(len(y))
     for k in range(folds):
         test = order[k::folds]
         train = [i for i in order if i not in test]
-        pred[test] = x[test] @ nnls_relative(x[train], y[train])
+        pred[test] = x[test] @ solve(x[train], y[train])
     return pred
+
+
+def _transfer_solver(start: dict[str, float], facts: TargetFacts, ridge: float) -> Any:
+    """``solve(x, y)`` for ``nnls_towards`` from a start model's coefficients."""
+    c0 = np.array([start.get(f, 0.0) for f in FEATURES])
+    prior = prior_coefficients(facts)
+    base = np.array([c0[i] if c0[i] > 0 else prior[f] for i, f in enumerate(FEATURES)])
+    return lambda x, y: nnls_towards(x, y, c0, base, ridge)
 
 
 @dataclass
@@ -290,6 +349,7 @@ class CalibratedModel:
     batch: int = 1
     seq_len: int | None = None
     statistic: str = "min"  # which latency figure of a measurement the model predicts
+    cache_mb: float = DEFAULT_CACHE_MB  # weights larger than this are streamed (stream_gb)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -322,7 +382,7 @@ class CalibratedModel:
         work = analyze(arch, self.batch, self.seq_len)
         seq_len = self.seq_len or arch.max_len
         exact = self.lookup.get(lookup_key(arch, self.batch, seq_len))
-        feats = features(work)
+        feats = features(work, self.cache_mb)
         latency = exact["latency_ms"] if exact else self.latency_ms(feats)
         if exact and exact.get("energy_mj"):
             energy = exact["energy_mj"]
@@ -333,7 +393,13 @@ class CalibratedModel:
         return Cost(flops=float(work.flops), latency_ms=float(latency), energy_mj=float(energy))
 
     def fit(
-        self, records: list[dict[str, Any]], *, statistic: str | None = None, seed: int = 0
+        self,
+        records: list[dict[str, Any]],
+        *,
+        statistic: str | None = None,
+        seed: int = 0,
+        start: CalibratedModel | None = None,
+        ridge: float = TRANSFER_RIDGE,
     ) -> CalibratedModel:
         """A measured model fitted on ``records`` of the latest board, with held-out errors.
 
@@ -341,7 +407,8 @@ class CalibratedModel:
         the board of the newest record and its most common build. ``statistic`` (default:
         this model's) is the latency figure fitted, ``min`` or ``median``; repeat measurements
         of an artifact count once, with the median of their figures. Needs at least
-        ``MIN_RECORDS`` distinct measured architectures.
+        ``MIN_RECORDS`` distinct measured architectures, or one with a ``start`` model (an
+        existing model of another board or build, which the fit corrects: ``nnls_towards``).
         """
         statistic = statistic or self.statistic
         if statistic not in STATISTICS:
@@ -349,17 +416,24 @@ class CalibratedModel:
                 f"latency statistic '{statistic}' is not one of {', '.join(STATISTICS)}"
             )
         chosen, note = select_records(records)
-        data = fit_data(chosen, statistic)
-        n = len(data.latency)
-        if n < MIN_RECORDS:
+        solve = (
+            nnls_relative
+            if start is None
+            else _transfer_solver(start.coefficients, self.facts, ridge)
+        )
+        needed = MIN_RECORDS if start is None else 1
+        n = len(fit_data(chosen, statistic).latency)
+        if n < needed:
             raise CalibrationError(
-                f"fitting target '{self.target}' needs at least {MIN_RECORDS} measured "
+                f"fitting target '{self.target}' needs at least {needed} measured "
                 f"architectures on one board, found {n}{note}; measure more with "
                 f"'dnsrec-edge calibrate --target {self.target} --samples {2 * MIN_RECORDS}'"
             )
-        coef = nnls_relative(data.x, data.latency)
         folds = min(FOLDS, n)
-        cv = cross_validate(data.x, data.latency, folds, seed)
+        cache_mb, data, cv = _fit_cache(
+            chosen, statistic, solve, folds, seed, start.cache_mb if start else self.cache_mb
+        )
+        coef = solve(data.x, data.latency)
         prior = replace(self, coefficients=prior_coefficients(self.facts))
         prior_pred = np.array(
             [prior.latency_ms(dict(zip(FEATURES, row, strict=True))) for row in data.x]
@@ -398,10 +472,18 @@ class CalibratedModel:
             ],
             "note": note.strip("; ") or None,
         }
+        if start is not None:
+            meta["start"] = {
+                "target": start.target,
+                "board": start.meta.get("board"),
+                "source": start.meta.get("source"),
+                "ridge": ridge,
+            }
         return replace(
             self,
             kind="measured",
             statistic=statistic,
+            cache_mb=cache_mb,
             coefficients=dict(zip(FEATURES, coef.tolist(), strict=True)),
             energy_coefficients=energy_coef,
             lookup=lookup,
@@ -430,7 +512,10 @@ class CalibratedModel:
                 )
         if self.meta.get("board"):
             lines.append(f"  board: {self.meta['board']}, threads {self.meta.get('threads')}")
-        lines.append("  latency_ms = sum of")
+        if self.meta.get("start"):
+            st = self.meta["start"]
+            lines.append(f"  started from the model of '{st['target']}' ({st.get('board')})")
+        lines.append(f"  latency_ms = sum of (weights over {self.cache_mb:g} MB count as streamed)")
         lines += [f"    {self.coefficients[f]:10.4g} {UNITS[f]:<12} x {f}" for f in FEATURES]
         if self.energy_coefficients is None:
             lines.append(f"  energy_mj = {self.facts.active_watts:g} W x latency_ms (power prior)")
@@ -450,6 +535,7 @@ class CalibratedModel:
             "batch": self.batch,
             "seq_len": self.seq_len,
             "statistic": self.statistic,
+            "cache_mb": self.cache_mb,
             "features": list(FEATURES),
             "units": UNITS,
             "coefficients": self.coefficients,
@@ -496,6 +582,8 @@ class CalibratedModel:
         kind = str(d.get("kind", "measured"))
         # A prior follows the target's current figures, so it never goes stale.
         coef = prior_coefficients(facts) if kind == "prior" else d.get("coefficients")
+        if isinstance(coef, dict) and "stream_gb" not in coef:
+            coef = coef | {"stream_gb": 0.0}  # fitted before the feature existed
         if not isinstance(coef, dict) or any(
             not isinstance(coef.get(f), int | float) or coef[f] < 0 for f in FEATURES
         ):
@@ -506,6 +594,7 @@ class CalibratedModel:
         energy = d.get("energy") or {}
         known = {
             "statistic",
+            "cache_mb",
             "schema",
             "kind",
             "target",
@@ -534,6 +623,7 @@ class CalibratedModel:
             batch=int(d.get("batch", 1)),
             seq_len=d.get("seq_len"),
             statistic=str(d.get("statistic", "min")),
+            cache_mb=float(d.get("cache_mb", DEFAULT_CACHE_MB)),
             meta={k: v for k, v in d.items() if k not in known},
         )
 
@@ -542,6 +632,28 @@ class CalibratedModel:
         return atomic_write_json(
             store_dir(calibration_dir) / self.target / MODEL_FILE, self.to_dict()
         )
+
+
+def _fit_cache(
+    records: list[dict[str, Any]],
+    statistic: str,
+    solve: Any,
+    folds: int,
+    seed: int,
+    preferred: float,
+) -> tuple[float, FitData, np.ndarray]:
+    """The cache size (of ``CACHE_MB`` and ``preferred``) whose fit cross-validates best (most
+    records within 10 %, then the lowest MAPE; ties keep ``preferred``), its FitData and its
+    out-of-fold predictions."""
+    best = None
+    for cache_mb in sorted({preferred, *CACHE_MB}, key=lambda c: c != preferred):
+        data = fit_data(records, statistic, cache_mb)
+        cv = cross_validate(data.x, data.latency, folds, seed, solve)
+        err = error_stats(data.latency, cv)
+        score = (-err["within10"], round(err["mape"], 2))
+        if best is None or score < best[0]:
+            best = (score, cache_mb, data, cv)
+    return best[1], best[2], best[3]
 
 
 def _lookup_table(data: FitData) -> dict[str, dict[str, float]]:

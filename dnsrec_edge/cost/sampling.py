@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from dnsrec_edge.errors import CalibrationError
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 
 
@@ -68,6 +69,23 @@ class SearchSpace:
         low = [0.0] * self.dims
         high = [1.0 - 1e-9] * self.dims
         return [self.arch(low), self.arch(high)]
+
+
+def parse_space(items: str, lens: str) -> SearchSpace:
+    """A SearchSpace from the CLI's ``--items LOW:HIGH`` and ``--lens L1,L2,...``."""
+    try:
+        low, high = (int(v) for v in items.split(":"))
+        lengths = tuple(int(v) for v in lens.split(","))
+    except ValueError:
+        raise CalibrationError(
+            f"--items '{items}' / --lens '{lens}' are not LOW:HIGH and L1,L2,... integers "
+            "(e.g. --items 1000:300000 --lens 50,200)"
+        ) from None
+    if not 2 <= low <= high or not lengths or min(lengths) < 1:
+        raise CalibrationError(
+            f"--items needs 2 <= LOW <= HIGH (got {items}) and --lens positive lengths (got {lens})"
+        )
+    return SearchSpace(n_items=(low, high), max_len=lengths)
 
 
 def _pick(choices: tuple, u: float):
