@@ -9,7 +9,9 @@ that on trained models), compiled with TVM default schedules for ``--target``. T
 interleaved run per row, TVM and ONNX Runtime latency (median, p99) on ``--threads`` threads;
 the artifact's bytes; the resident memory a runtime-only process adds by loading and running
 the artifact (peak RSS while running minus the RSS of the idle process with the TVM runtime
-imported); and the target cost model's prediction (float32 rows; it has no precision feature).
+imported); and the target cost model's prediction (float32 rows; it has no precision feature)
+beside the figure it predicts, the fastest of ``CALLS`` single calls in TVM's timing loop
+(``tvm_call_min_ms``), and its error (``predicted_error_pct``).
 
 Writes ``benchmarks/results/scale.json`` (``{"rows": [{"n_items", "max_len", "precision",
 "tvm_ms", "ort_ms", "p99_ms", "artifact_bytes", "added_rss_bytes", "predicted_ms"}]}``) and
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
 
 RESULTS = Path(__file__).parent / "results"
+CALLS = 100  # single calls timed for the figure the cost model predicts
 RSS_CODE = r"""
 import json, sys
 sys.modules["torch"] = None  # a board has no torch
@@ -45,12 +48,16 @@ import tvm
 from tvm.runtime.vm import VirtualMachine
 def status(key):
     return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith(key))
+from dnsrec_edge.compile.artifact import load_artifact
+import dnsrec_edge.compile.weights  # (imported before the idle figure)
 idle = status("VmRSS:")
-lib = tvm.runtime.load_module(sys.argv[1])
+art = load_artifact(sys.argv[1], verify=False)  # checked when it was built
+lib = tvm.runtime.load_module(str(art.library))
 vm = VirtualMachine(lib, tvm.cpu())
 x = tvm.runtime.tensor(np.load(sys.argv[2]), tvm.cpu())
+weights = art.weights()  # weight files, mapped
 for _ in range(20):
-    vm["main"](x)
+    vm["main"](x, *weights)
 # VmHWM, not ru_maxrss: the latter keeps the forking parent's high-water mark across exec
 print(json.dumps({"idle_rss_bytes": idle, "peak_rss_bytes": status("VmHWM:")}))
 """
@@ -68,11 +75,11 @@ def zipf_histories(n_items: int, max_len: int, rows: int, seed: int = 0) -> np.n
     return out
 
 
-def added_rss(library: Path, x: np.ndarray, folder: Path) -> dict:
+def added_rss(artifact: Path, x: np.ndarray, folder: Path) -> dict:
     np.save(folder / "x.npy", x)
     env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", RSS_CODE, str(library), str(folder / "x.npy")],
+        [sys.executable, "-c", RSS_CODE, str(artifact), str(folder / "x.npy")],
         capture_output=True, text=True, env=env, check=True,
     )  # fmt: skip
     got = json.loads(done.stdout.strip().splitlines()[-1])
@@ -91,6 +98,7 @@ def time_both(art, onnx_path: Path, x: np.ndarray, args) -> dict[str, dict[str, 
     options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     vm = art.load_vm(args.threads)
+    weights = art.weights()
     xs = [tvm.runtime.tensor(r[None], tvm.cpu()) for r in x]
     cursor = {"i": 0}
 
@@ -98,14 +106,19 @@ def time_both(art, onnx_path: Path, x: np.ndarray, args) -> dict[str, dict[str, 
         cursor["i"] = (cursor["i"] + 1) % len(x)
         return cursor["i"]
 
-    return interleaved(
+    times = interleaved(
         {
-            "tvm": lambda: vm["main"](xs[pick()]),
+            "tvm": lambda: vm["main"](xs[pick()], *weights),
             "ort": lambda: session.run(["scores"], {"item_seq": x[(i := pick()) : i + 1]}),
         },
         args.rounds,
         args.per_round,
     )
+    # the cost model's figure, timed as calibration times it: the fastest of single calls in
+    # TVM's own timing loop (no Python call in between)
+    calls = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=CALLS, min_repeat_ms=0)
+    times["tvm"]["call_min"] = 1e3 * min(calls(xs[0], *weights).results)
+    return times
 
 
 def rows_of(n_items: int, max_len: int, work: Path, args) -> Iterator[dict]:
@@ -137,7 +150,7 @@ def rows_of(n_items: int, max_len: int, work: Path, args) -> Iterator[dict]:
         art = compile_model(paths[precision], args.target, folder / precision, quiet=True)
         build_s = time.perf_counter() - t0
         times = time_both(art, paths[precision], x, args)
-        rss = added_rss(art.library, x[:1], folder)
+        rss = added_rss(art.path, x[:1], folder)
         measured = {
             "n_items": n_items,
             "max_len": max_len,
@@ -150,7 +163,13 @@ def rows_of(n_items: int, max_len: int, work: Path, args) -> Iterator[dict]:
             "artifact_bytes": sum(f.stat().st_size for f in art.path.iterdir()),
             "added_rss_bytes": rss["added_rss_bytes"],
             "idle_rss_bytes": rss["idle_rss_bytes"],
+            "tvm_call_min_ms": times["tvm"]["call_min"],
             "predicted_ms": prediction if precision == "fp32" else None,
+            "predicted_error_pct": (
+                round(100 * (prediction / times["tvm"]["call_min"] - 1), 1)
+                if precision == "fp32"
+                else None
+            ),
             "build_seconds": round(build_s, 1),
         }
         print(json.dumps(measured), flush=True)
@@ -211,7 +230,10 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="add rows to an existing --out")
     args = parser.parse_args()
 
+    from dnsrec_edge.cost.calibrated import load_cost_model
     from dnsrec_edge.fsio import atomic_write_json
+
+    cost_model = load_cost_model(args.target)
 
     result = {
         "host": platform.machine(),
@@ -224,6 +246,12 @@ def main() -> None:
             "per_round": args.per_round,
             "model": "ml-1m baseline shape (2 blocks, hidden 64, 1 head, FFN 256), random weights",
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "cost_model": {
+                "target": cost_model.target,
+                "kind": cost_model.kind,
+                "threads": cost_model.meta.get("threads"),
+                "source": cost_model.meta.get("source"),
+            },
         },  # fmt: skip
         "rows": [],
         "failed": [],

@@ -189,6 +189,33 @@ def test_rpc_bench_on_a_loopback_server(artifacts, server, tmp_path):
     assert rec["energy"] is None and rec["device"]["rpc_port"] == d["device"]["rpc_port"]
 
 
+def test_weight_files_run_in_process_and_over_rpc_and_are_checked(
+    artifacts, server, tmp_path, monkeypatch
+):
+    from dnsrec_edge.compile import weights
+    from dnsrec_edge.compile.artifact import load_artifact
+
+    monkeypatch.setattr(weights, "EXTERNAL_MIN_BYTES", 1024)  # as a large catalogue's table
+    path = build_artifact(tmp_path / "lifted")  # the build checked it against ONNX Runtime
+    art = load_artifact(path)
+    entries = art.manifest["weights"]
+    assert len(entries) >= 2 and all(e["file"] in art.manifest["files"] for e in entries)
+    inline = artifacts["x86_64"] / "lib.so"
+    assert (
+        art.library.stat().st_size
+        < inline.stat().st_size - sum((path / e["file"]).stat().st_size for e in entries) / 2
+    )
+    x, ref = art.reference()
+    assert np.abs(art.run_local(x) - ref).max() < 1e-4
+    for where in ({}, {"rpc": server}):
+        report = benchmark(path, **FAST, threads=1, calibration_dir=tmp_path / "cal", **where)
+        assert report.to_dict()["top10_match"]
+    weight = path / entries[0]["file"]
+    weight.write_bytes(weight.read_bytes()[:-4] + b"\0\0\0\1")
+    with pytest.raises(ChecksumMismatch, match=entries[0]["file"]):
+        benchmark(path, **FAST, calibration_dir=tmp_path / "cal")
+
+
 def test_unreachable_server_is_one_sentence_with_the_address(artifacts, tmp_path):
     port = free_port()
     with pytest.raises(DeviceUnreachable) as err:

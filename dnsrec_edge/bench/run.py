@@ -116,7 +116,8 @@ class _BoardRun:
         self.vm = VirtualMachine(module, self.dev)
         x, ref = self.art.reference()
         self.x = tvm.runtime.tensor(x, self.dev)
-        out = self.vm[manifest.get("entry", "main")](self.x)
+        self.weights = self.art.weights(self.dev)  # weight files: mapped here, copied to a board
+        out = self.vm[manifest.get("entry", "main")](self.x, *self.weights)
         out = (out[0] if not hasattr(out, "numpy") else out).numpy()
         if out.shape != ref.shape:
             raise OutputMismatch(
@@ -156,14 +157,14 @@ class _BoardRun:
 
     def warmup(self) -> None:
         if self.opts["warmup"] > 0:
-            self.evaluator(1, self.opts["warmup"])(self.x)
+            self.evaluator(1, self.opts["warmup"])(self.x, *self.weights)
 
     def time_chunks(self, on_run: Callable[[int], None] | None) -> None:
         """Time the repeats still missing, in chunks; each finished chunk is kept at once."""
         number = self.opts["number"]
         while (remaining := self.opts["repeat"] - len(self.result.samples_ms)) > 0:
             chunk = min(remaining, CHUNK_REPEATS)
-            result = self.evaluator(number, chunk)(self.x)
+            result = self.evaluator(number, chunk)(self.x, *self.weights)
             self.result.runs.append([float(s) * 1e3 for s in result.results])
             if on_run is not None:
                 on_run(len(self.result.runs))
@@ -193,7 +194,7 @@ class _BoardRun:
             idle_w = energy_mod.measure_idle(meter, idle_s) if idle_s > 0 else None
             calls = max(1, math.ceil(self.opts["energy_seconds"] / max(latency_s, 1e-6)))
             meter.start()
-            self.evaluator(calls, 1)(self.x)
+            self.evaluator(calls, 1)(self.x, *self.weights)
             reading = meter.stop()
         except DeviceError as err:
             log.warning("energy measurement failed: %s", err)

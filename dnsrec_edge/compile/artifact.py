@@ -85,6 +85,13 @@ class Artifact:
         module = tvm.runtime.load_module(str(self.library))
         return VirtualMachine(module, tvm.cpu())
 
+    def weights(self, dev: Any = None) -> list[Any]:
+        """The weight files as TVM tensors on ``dev`` (this host's CPU: mapped, no copy), to
+        pass after the input: ``vm[entry](x, *weights)``; none for most artifacts."""
+        from dnsrec_edge.compile.weights import load_weights
+
+        return load_weights(self.path, self.manifest, dev)
+
     def run_local(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Run the library on this host's CPU: ``item_seq`` (B, L) int64 -> ``scores``."""
         import tvm
@@ -97,7 +104,7 @@ class Artifact:
                 f"which was compiled for {spec['shape']}; recompile with --batch/--seq-len"
             )
         vm = self.load_vm(threads)
-        out = vm[self.manifest["entry"]](tvm.runtime.tensor(inputs, tvm.cpu()))
+        out = vm[self.manifest["entry"]](tvm.runtime.tensor(inputs, tvm.cpu()), *self.weights())
         if not hasattr(out, "numpy"):  # several outputs: the first is `scores`
             out = out[0]
         return out.numpy()

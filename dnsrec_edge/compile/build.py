@@ -35,6 +35,7 @@ from dnsrec_edge.compile.onnx_io import (
 )
 from dnsrec_edge.compile.rewrites import calls, function_pass
 from dnsrec_edge.compile.targets import Target, host_target, load_target
+from dnsrec_edge.compile.weights import lift_weights, write_weights
 from dnsrec_edge.errors import CompileError, OutputMismatch, OutputNotWritable
 from dnsrec_edge.fsio import atomic_write_json, ensure_new, sha256_file
 from dnsrec_edge.hostinfo import host_arch
@@ -294,7 +295,7 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
         )
 
     mod = import_relax(model, shape)
-    mod = lower_to_tir(mod, tvm_target)
+    mod, weights = lift_weights(lower_to_tir(mod, tvm_target))
     if db_path is None:
         db_path = tuning.default_database_dir(tgt, mod)
     log.info("tuning database: %s", db_path)
@@ -317,6 +318,7 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
             tgt, model, shape, ref_out, files, onnx_path, tune_info, kernels, started
         ),
         f"the {tgt.name} build of '{onnx_path}'",
+        weights,
     )
 
 
@@ -484,21 +486,27 @@ def _write_artifact(
     ref_out: np.ndarray,
     manifest_for: Any,
     what: str,
+    weights: list[np.ndarray] | None = None,
 ) -> art.Artifact:
-    """Write library, reference input/output and ``manifest_for(files' sha256s)`` into a
-    folder beside ``out``; check the library's ELF machine and, where it runs here, its output
-    against ONNX Runtime; then rename it into place."""
+    """Write library, weight files (:mod:`dnsrec_edge.compile.weights`), reference
+    input/output and ``manifest_for(files' sha256s)`` into a folder beside ``out``; check the
+    library's ELF machine and, where it runs here, its output against ONNX Runtime; then
+    rename it into place."""
     tmp = staging_folder(out)
     try:
         lib = tmp / art.LIBRARY
         export_checked(executable, lib, compiler, tgt)
         np.save(tmp / art.REFERENCE_INPUT, ref_in)
         np.save(tmp / art.REFERENCE_OUTPUT, ref_out)
+        entries = write_weights(tmp, weights or [])
+        names = (art.LIBRARY, *(e["file"] for e in entries))
         files = {
             name: sha256_file(tmp / name)
-            for name in (art.LIBRARY, art.REFERENCE_INPUT, art.REFERENCE_OUTPUT)
+            for name in (*names, art.REFERENCE_INPUT, art.REFERENCE_OUTPUT)
         }
         manifest = manifest_for(files)
+        if entries:
+            manifest["weights"] = entries
         atomic_write_json(tmp / art.MANIFEST, manifest)
         result = art.Artifact(path=tmp, manifest=manifest)
         if result.runs_here():

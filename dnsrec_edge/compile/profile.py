@@ -72,8 +72,11 @@ def _median_us(fn, repeat: int, number: int) -> float:
     return float(np.median(samples))
 
 
-def profile_tvm(vm, inputs: np.ndarray, threads: int = 1, repeat: int = 15) -> KernelProfile:
-    """Profile the ``main`` of a Relax VM (CPU) on ``inputs``, kernel by kernel.
+def profile_tvm(
+    vm, inputs: np.ndarray, threads: int = 1, repeat: int = 15, weights: tuple = ()
+) -> KernelProfile:
+    """Profile the ``main`` of a Relax VM (CPU) on ``inputs`` (then the artifact's
+    ``weights``), kernel by kernel.
 
     The VM keeps the instrument afterwards: pass one made for profiling."""
     import tvm
@@ -89,9 +92,9 @@ def profile_tvm(vm, inputs: np.ndarray, threads: int = 1, repeat: int = 15) -> K
         return 0
 
     number = 20 if inputs.shape[0] == 1 else 2
-    total = _median_us(lambda: vm["main"](x), repeat, number)  # before the instrument is set
+    total = _median_us(lambda: vm["main"](x, *weights), repeat, number)  # no instrument yet
     vm.set_instrument(instrument)  # (it stays set: this VM is for profiling only from here)
-    vm["main"](x)
+    vm["main"](x, *weights)
     kernels: dict[str, tuple[float, int]] = {}
     for symbol, func, args in calls:
         us = _median_us(lambda f=func, a=args: f(*a), max(repeat // 3, 3), number)
