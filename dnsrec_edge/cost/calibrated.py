@@ -250,13 +250,19 @@ class FitData:
     latency: np.ndarray  # (n,) ms, the model's statistic (median over repeats)
     energy: np.ndarray  # (n,) mJ, NaN where no measured energy
     gflop: np.ndarray  # (n,) total GFLOPs, for the FLOPs-only comparison
+    works: list[Work] = field(default_factory=list)  # each record's analysed work
+
+    def with_cache(self, cache_mb: float) -> FitData:
+        """The same records with features for another cache size (no re-analysis)."""
+        rows = [[features(w, cache_mb)[f] for f in FEATURES] for w in self.works]
+        return replace(self, x=np.array(rows, dtype=float).reshape(-1, len(FEATURES)))
 
 
 def fit_data(
     records: list[dict[str, Any]], statistic: str = "min", cache_mb: float = DEFAULT_CACHE_MB
 ) -> FitData:
     """Merge duplicates and build features; records without an ArchSpec or the statistic are left out."""
-    usable, rows, gflop = [], [], []
+    usable, works = [], []
     for record in merge_duplicates(records, statistic):
         value = (record.get("latency_ms") or {}).get(statistic)
         if not record.get("arch") or not isinstance(value, int | float) or value <= 0:
@@ -267,18 +273,18 @@ def fit_data(
         except (ArchSpecError, KeyError, TypeError, ValueError) as err:
             log.warning("record %s skipped: %s", record.get("id", "?"), err)
             continue
-        feats = features(work, cache_mb)
         usable.append(record | {"merged_ms": float(value)})
-        rows.append([feats[f] for f in FEATURES])
-        gflop.append(work.flops / 1e9)
+        works.append(work)
     energy = [_measured_energy_mj(r) for r in usable]
-    return FitData(
+    data = FitData(
         usable,
-        np.array(rows, dtype=float).reshape(-1, len(FEATURES)),
+        np.empty((0, len(FEATURES))),
         np.array([r["merged_ms"] for r in usable]),
         np.array(energy, dtype=float),
-        np.array(gflop, dtype=float),
+        np.array([w.flops / 1e9 for w in works], dtype=float),
+        works,
     )
+    return data.with_cache(cache_mb)
 
 
 def _measured_energy_mj(record: dict[str, Any]) -> float:
@@ -422,7 +428,9 @@ class CalibratedModel:
             else _transfer_solver(start.coefficients, self.facts, ridge)
         )
         needed = MIN_RECORDS if start is None else 1
-        n = len(fit_data(chosen, statistic).latency)
+        preferred = start.cache_mb if start else self.cache_mb
+        data = fit_data(chosen, statistic, preferred)
+        n = len(data.latency)
         if n < needed:
             raise CalibrationError(
                 f"fitting target '{self.target}' needs at least {needed} measured "
@@ -430,9 +438,7 @@ class CalibratedModel:
                 f"'dnsrec-edge calibrate --target {self.target} --samples {2 * MIN_RECORDS}'"
             )
         folds = min(FOLDS, n)
-        cache_mb, data, cv = _fit_cache(
-            chosen, statistic, solve, folds, seed, start.cache_mb if start else self.cache_mb
-        )
+        cache_mb, data, cv = _fit_cache(data, solve, folds, seed, preferred)
         coef = solve(data.x, data.latency)
         prior = replace(self, coefficients=prior_coefficients(self.facts))
         prior_pred = np.array(
@@ -635,19 +641,14 @@ class CalibratedModel:
 
 
 def _fit_cache(
-    records: list[dict[str, Any]],
-    statistic: str,
-    solve: Any,
-    folds: int,
-    seed: int,
-    preferred: float,
+    fitted: FitData, solve: Any, folds: int, seed: int, preferred: float
 ) -> tuple[float, FitData, np.ndarray]:
-    """The cache size (of ``CACHE_MB`` and ``preferred``) whose fit cross-validates best (most
-    records within 10 %, then the lowest MAPE; ties keep ``preferred``), its FitData and its
-    out-of-fold predictions."""
+    """The cache size (of ``CACHE_MB`` and ``preferred``, the one ``fitted`` has features for)
+    whose fit cross-validates best (most records within 10 %, then the lowest MAPE; ties keep
+    ``preferred``), its FitData and its out-of-fold predictions."""
     best = None
     for cache_mb in sorted({preferred, *CACHE_MB}, key=lambda c: c != preferred):
-        data = fit_data(records, statistic, cache_mb)
+        data = fitted if cache_mb == preferred else fitted.with_cache(cache_mb)
         cv = cross_validate(data.x, data.latency, folds, seed, solve)
         err = error_stats(data.latency, cv)
         score = (-err["within10"], round(err["mape"], 2))
