@@ -45,6 +45,7 @@ def evaluate(
     batch_size: int = 256,
     quiet: bool = True,
     trim: bool = False,
+    user_ranks: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Leave-one-out metrics of ``scores_fn`` on ``part`` ("valid" or "test").
 
@@ -65,6 +66,8 @@ def evaluate(
     order = np.argsort(lengths, kind="stable") if trim else np.arange(dataset.n_users)
     log_pop = torch.from_numpy(np.log(dataset.item_counts[1:].astype(np.float64).clip(min=1e-12)))
     sums = {p: np.zeros(3) for p in protocols}
+    if user_ranks is not None:
+        user_ranks.update({p: np.zeros(dataset.n_users, dtype=np.int64) for p in protocols})
     owner = getattr(scores_fn, "__self__", None)
     was_training = isinstance(owner, torch.nn.Module) and owner.training
     weight = next(owner.parameters(), None) if isinstance(owner, torch.nn.Module) else None
@@ -93,6 +96,8 @@ def evaluate(
                     weights = None if p == "uni100" else log_pop
                     ranks = _rank_sampled(scores, tgt, excluded, seed, users, weights)
                 sums[p] += _metric_sums(ranks, k)
+                if user_ranks is not None:
+                    user_ranks[p][users] = ranks.numpy()
     finally:
         if was_training:
             owner.train()
@@ -199,6 +204,12 @@ def _uniform(seed: int, users: np.ndarray, n_items: int) -> np.ndarray:
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
     return ((x >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
+
+
+def user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """NDCG@k of each user from its 0-based target rank (one relevant item: 1/log2(rank + 2))."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
 
 
 def _metric_sums(ranks: torch.Tensor, k: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -204,6 +205,18 @@ def test_cost_table_is_exact_for_the_calibrated_models(target, kind):
         )
 
 
+def test_the_largest_in_budget_per_depth_is_the_costliest_that_fits(tables):
+    table = tables[SPACE]
+    limit = 0.5 * table.reference()
+    largest = table.largest_within(limit)
+    for choice in largest:
+        same_depth = [table.of(c) for c in table.choices() if c.depth == choice.depth]
+        assert table.of(choice) == max(c for c in same_depth if c <= limit)
+    depths = [c.depth for c in largest]
+    assert depths == sorted(depths) and len(set(depths)) == len(depths)
+    assert table.largest_within(0.0) == []
+
+
 def test_expected_cost_of_one_hot_weights_is_the_cost(tables):
     table = tables[SPACE]
     for choice in itertools.islice(table.choices(), 0, None, 37):
@@ -309,3 +322,25 @@ def test_pick_takes_a_measured_share_within_the_tolerance_only_when_none_fits():
     assert pick([over, far], 2.0, 0.25) is over  # 26 % measured for 25 %: within 10 %
     assert pick([far], 2.0, 0.25) is None  # 30 % is not
     assert pick([point(0.2, 3.0, 0.1)], 2.0, 0.25) is None  # the predicted cost still binds
+
+
+def test_pick_takes_the_largest_point_within_one_paired_standard_error_of_the_best():
+    hit = np.zeros(2000, dtype=bool)
+    hit[:600] = True  # the users the best model ranks at the top
+
+    def point(cost, gains, losses):  # users that gain or lose a top-ranked target
+        ndcg = hit.copy()
+        ndcg[600 : 600 + gains] = True
+        ndcg[:losses] = False
+        ndcg = ndcg * 0.5
+        return FrontPoint(
+            Choice(1, ((0, 0),)), 0.0, cost, {"ndcg@10": float(ndcg.mean())}, user_ndcg=ndcg
+        )
+
+    # close: 19 users gain, 21 lose (gap -0.0005, SE 0.0016); far: 200 lose (gap -0.05)
+    best, close, far = point(1.0, 0, 0), point(1.8, 19, 21), point(1.9, 0, 200)
+    chosen = pick([best, close, far], 2.0, None)
+    assert chosen is close  # within noise of the best and more capacity
+    assert best.gap == 0.0 and -close.gap_se <= close.gap < 0 and far.gap < -far.gap_se
+    assert pick([best, far], 2.0, None) is best  # clearly worse loses despite its capacity
+    assert "user_ndcg" not in close.to_dict() and close.to_dict()["gap_se"] > 0

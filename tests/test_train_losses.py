@@ -9,7 +9,12 @@ import torch.nn.functional as F
 from dnsrec_edge.data.batching import train_batches
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.models.sasrec import SASRec
-from dnsrec_edge.train.losses import distilled_loss, linear_cross_entropy, sequence_loss
+from dnsrec_edge.train.losses import (
+    distilled_loss,
+    linear_cross_entropy,
+    linear_distillation,
+    sequence_loss,
+)
 
 
 @pytest.fixture
@@ -134,3 +139,31 @@ def test_distilled_loss_mixes_cross_entropy_and_the_teachers_soft_scores(model_a
     # a student that is its own teacher has nothing left to learn from it
     alone = distilled_loss(model, model, item_seq, targets, 1.0, temp)
     assert abs(float(alone)) < 1e-5
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.0])
+def test_chunked_distillation_matches_the_materialised_loss_and_gradients(temp):
+    torch.manual_seed(0)
+    n, d, items = 600, 8, 50  # more rows than one chunk
+    h = torch.randn(n, d, requires_grad=True)
+    w = torch.randn(items, d, requires_grad=True)
+    t_h, t_w = torch.randn(n, d), torch.randn(items, d)
+    target = torch.randint(0, items, (n,))
+    logits = h @ w.t()
+    kl = F.kl_div(
+        F.log_softmax(logits / temp, -1),
+        F.log_softmax(t_h @ t_w.t() / temp, -1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    want = 0.4 * F.cross_entropy(logits, target) + 0.6 * temp**2 * kl
+    want.backward()
+    grads = (h.grad.clone(), w.grad.clone())
+    h.grad = w.grad = None
+    got = linear_distillation(h, w, t_h, t_w, target, 0.4, 0.6 * temp**2, temp)
+    (2 * got).backward()
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    for g, ref in zip((h.grad, w.grad), grads, strict=True):
+        torch.testing.assert_close(g, 2 * ref, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="target"):
+        linear_distillation(h, w, t_h, t_w, ce_weight=0.5)

@@ -138,6 +138,16 @@ class CostTable:
                 best, best_cost = choice, self.of(choice)
         return best, best_cost
 
+    def largest_within(self, limit: float) -> list[Choice]:
+        """Per depth, the architecture of highest cost within ``limit``: the most capacity the
+        budget buys at that depth (depths with none in budget are left out)."""
+        best: dict[int, tuple[float, Choice]] = {}
+        for choice in self.choices():
+            cost = self.of(choice)
+            if cost <= limit and cost > best.get(choice.depth, (-float("inf"), None))[0]:
+                best[choice.depth] = (cost, choice)
+        return [best[depth][1] for depth in sorted(best)]
+
     def choices(self) -> itertools.chain:
         """Every architecture of the space (all depths, all candidate pairs per block)."""
         pairs = list(itertools.product(range(self.space.n_attn), range(self.space.n_ffn)))

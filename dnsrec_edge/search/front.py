@@ -1,11 +1,17 @@
 """Selection on the front: the most probable in-budget architectures, scored with shared weights.
 
 After the search, the ``k`` in-budget architectures the controllers find most probable (plus
-every architecture an epoch selected) are each scored in hard mode with the supernet's
+the largest in budget at each depth and every architecture an epoch selected) are each scored in hard mode with the supernet's
 weights on the validation users. Each keeps its predicted cost and, when the caller can
 reach the target, its measured cost as a share of the baseline measured in the same run. The
 most accurate architecture whose predicted cost fits the limit and whose measured share (if
-any) fits the budget's share wins. When no measured share fits, one within
+any) fits the budget's share is the reference; among the fitting points whose validation
+NDCG@10 is not below the reference's by more than one standard error of the paired per-user
+difference (the same users, so most of the noise cancels), the one with the highest predicted
+cost wins. Shared weights rank architectures of similar accuracy poorly, and the most trained
+paths (the sandwich rule's smallest, every step) look better than they will be after their own
+training; within that noise, the capacity the budget pays for is the better bet for the subnet
+that is then trained with distillation. When no measured share fits, one within
 ``MEASURE_TOLERANCE`` (10 %) of it does: two timings of one file on a shared machine differ by
 that much, and a search of an hour should not fail on 26 % measured against a 25 % budget.
 
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 
 from dnsrec_edge.data.dataset import Dataset
-from dnsrec_edge.evaluate import evaluate
+from dnsrec_edge.evaluate import evaluate, user_ndcg
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.search.constraint import CostTable
 from dnsrec_edge.search.controllers import ArchController
@@ -47,6 +53,9 @@ class FrontPoint:
     valid: dict[str, float]
     measured_share: float | None = None  # measured cost / the baseline's, when measured
     sources: list[str] = field(default_factory=list)  # "probable", "epoch 3", ...
+    gap: float | None = None  # mean paired NDCG@10 difference to the most accurate fitting point
+    gap_se: float | None = None  # its standard error
+    user_ndcg: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def fits(self, limit: float, share: float | None, tolerance: float = 0.0) -> bool:
         """Predicted cost within ``limit`` and measured share (if any) within ``share``
@@ -60,19 +69,30 @@ class FrontPoint:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "user_ndcg"}
 
 
 def hard_valid(
-    model: Supernet, dataset: Dataset, choice: Choice, max_len: int, batch_size: int = 512
+    model: Supernet,
+    dataset: Dataset,
+    choice: Choice,
+    max_len: int,
+    batch_size: int = 512,
+    user_ranks: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Full-ranking validation metrics of the hard path ``choice`` with the shared weights
-    (the model is left in the mode it was in)."""
+    (the model is left in the mode it was in); ``user_ranks`` as in :func:`evaluate`."""
     was_training = model.training
     model.eval()
     with torch.no_grad(), model.selected(choice):
         valid = evaluate(
-            model.predict, dataset, "valid", max_len, protocols=("full",), batch_size=batch_size
+            model.predict,
+            dataset,
+            "valid",
+            max_len,
+            protocols=("full",),
+            batch_size=batch_size,
+            user_ranks=user_ranks,
         )["full"]
     model.train(was_training)
     return valid
@@ -121,19 +141,22 @@ def score_front(
     measure: Measure | None = None,
     batch_size: int = 512,
 ) -> list[FrontPoint]:
-    """Score the ``k`` most probable in-budget architectures and the ``visited`` ones (label,
-    choice) in hard mode on the validation users; ``measure`` adds measured shares."""
+    """Score the ``k`` most probable in-budget architectures, the largest in budget at each
+    depth and the ``visited`` ones (label, choice) in hard mode on the validation users;
+    ``measure`` adds measured shares."""
     points: dict[Choice, FrontPoint] = {}
     candidates = [
         ("probable", c) for c in most_probable_in_budget(model.controller, table, limit, k)
-    ]
+    ] + [("largest", c) for c in table.largest_within(limit)]
     for label, choice in [*candidates, *visited]:
         if choice not in points:
             lp = model.controller.log_prob(choice)
             points[choice] = FrontPoint(choice, lp, table.of(choice), {})
         points[choice].sources.append(label)
     for point in points.values():
-        point.valid = hard_valid(model, dataset, point.choice, max_len, batch_size)
+        ranks: dict[str, np.ndarray] = {}
+        point.valid = hard_valid(model, dataset, point.choice, max_len, batch_size, ranks)
+        point.user_ndcg = user_ndcg(ranks["full"])
     front = sorted(points.values(), key=lambda p: p.cost)
     if measure is not None:
         shares = measure([model.space.arch(p.choice) for p in front])
@@ -143,10 +166,26 @@ def score_front(
 
 
 def pick(front: list[FrontPoint], limit: float, share: float | None) -> FrontPoint | None:
-    """The most accurate point (validation NDCG@10) that fits; ties go to the cheaper one.
-    Without one, the most accurate whose measured share is within ``MEASURE_TOLERANCE``."""
+    """The point that fits with the highest predicted cost among those within one paired
+    standard error of the most accurate fitting one (validation NDCG@10; see the module
+    docstring); points without per-user figures compete on NDCG@10 alone, ties going to the
+    cheaper. Without a fitting point, the same among those whose measured share is within
+    ``MEASURE_TOLERANCE``. Sets each fitting point's ``gap`` and ``gap_se``."""
     for tolerance in (0.0, MEASURE_TOLERANCE):
         fitting = [p for p in front if p.fits(limit, share, tolerance)]
-        if fitting:
-            return max(fitting, key=lambda p: (p.valid["ndcg@10"], -p.cost))
+        if not fitting:
+            continue
+        best = max(fitting, key=lambda p: (p.valid["ndcg@10"], -p.cost))
+        if best.user_ndcg is None:
+            return best
+        tied = []
+        for point in fitting:
+            if point.user_ndcg is None:
+                continue
+            diff = point.user_ndcg - best.user_ndcg
+            point.gap = float(diff.mean())
+            point.gap_se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+            if point.gap >= -point.gap_se:
+                tied.append(point)
+        return max(tied, key=lambda p: (p.cost, p.valid["ndcg@10"]))
     return None

@@ -305,8 +305,8 @@ def search(
         measure,
         config.eval_batch_size,
     )
-    atomic_write_json(out / "front.json", [p.to_dict() for p in front])
     chosen = pick(front, limit, share)
+    atomic_write_json(out / "front.json", [p.to_dict() for p in front])
     if chosen is None:
         cheapest = min(p.measured_share for p in front if p.measured_share is not None)
         raise BudgetError(

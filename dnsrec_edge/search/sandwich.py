@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dnsrec_edge.search.space import Choice, SearchSpace
 from dnsrec_edge.search.supernet import Supernet
+from dnsrec_edge.train.losses import linear_cross_entropy, linear_distillation
 
 
 def smallest_choice(space: SearchSpace) -> Choice:
@@ -36,11 +36,11 @@ def random_choice(space: SearchSpace, rng: np.random.Generator) -> Choice:
     return Choice(depth, blocks)
 
 
-def _path_logits(
+def _path_hidden(
     model: Supernet, choice: Choice, item_seq: torch.Tensor, keep: torch.Tensor
 ) -> torch.Tensor:
     with model.selected(choice):
-        return model.score(model(item_seq)[keep])  # (N, n_items) at the real positions
+        return model(item_seq)[keep]  # (N, d) at the real positions
 
 
 def sandwich_step(
@@ -51,18 +51,23 @@ def sandwich_step(
     rng: np.random.Generator,
     n_random: int = 2,
 ) -> float:
-    """One optimizer step of the sandwich rule; returns the largest path's cross-entropy."""
+    """One optimizer step of the sandwich rule; returns the largest path's cross-entropy.
+
+    The losses run chunk by chunk over the catalogue (``linear_cross_entropy``,
+    ``linear_distillation``): no (N, n_items) logits are kept.
+    """
     space = model.space
     keep = targets != 0  # (B, T)
     y = targets[keep] - 1  # (N,) column of the true next item
+    items = model.item_emb.weight[1:]
     optimizer.zero_grad(set_to_none=True)
-    logits = _path_logits(model, space.widest(), item_seq, keep)
-    ce = F.cross_entropy(logits, y)
+    largest = _path_hidden(model, space.widest(), item_seq, keep)
+    ce = linear_cross_entropy(largest, items, y)
     ce.backward()
-    teacher = F.log_softmax(logits.detach(), dim=-1)
+    teacher = largest.detach()
     children = [smallest_choice(space)] + [random_choice(space, rng) for _ in range(n_random)]
     for choice in children:
-        student = F.log_softmax(_path_logits(model, choice, item_seq, keep), dim=-1)
-        F.kl_div(student, teacher, log_target=True, reduction="batchmean").backward()
+        student = _path_hidden(model, choice, item_seq, keep)
+        linear_distillation(student, items, teacher, items).backward()
     optimizer.step()
     return ce.item()

@@ -40,7 +40,7 @@ def sequence_loss(
     h = hidden[keep]  # (N, d)
     y = targets[keep]  # (N,) item ids 1..n
     if loss == "ce":
-        if type(model).score is SASRec.score and torch.is_grad_enabled():
+        if _scores_by_item_table(model) and torch.is_grad_enabled():
             return linear_cross_entropy(h, model.item_emb.weight[1:], y - 1)
         return F.cross_entropy(model.score(h), y - 1)  # logits (N, n_items)
     weight = model.item_emb.weight  # (n_items + 1, d); row 0 is padding
@@ -90,16 +90,113 @@ def distilled_loss(
 
     Both models score the full catalogue; ``_T`` is the softmax at temperature ``T`` (Hinton
     et al.'s soft targets; ``T^2`` keeps the term's gradient scale independent of ``T``). The
-    teacher runs without gradients in whatever mode it is in (eval: no dropout).
+    teacher runs without gradients in whatever mode it is in (eval: no dropout). When both
+    score with :meth:`SASRec.score` and gradients are on, :func:`linear_distillation` computes
+    it chunk by chunk without the (N, n_items) logits.
     """
     keep = targets != 0  # (B, T)
-    logits = model.score(model(item_seq)[keep])  # (N, n_items)
+    hidden = model(item_seq)[keep]  # (N, d)
     with torch.no_grad():
-        soft = F.log_softmax(teacher.score(teacher(item_seq)[keep]).float() / temperature, -1)
+        t_hidden = teacher(item_seq)[keep]
+    if _scores_by_item_table(model) and _scores_by_item_table(teacher) and torch.is_grad_enabled():
+        return linear_distillation(
+            hidden,
+            model.item_emb.weight[1:],
+            t_hidden,
+            teacher.item_emb.weight[1:],
+            target=targets[keep] - 1,
+            ce_weight=1.0 - weight,
+            kd_weight=weight * temperature**2,
+            temperature=temperature,
+        )
+    logits = model.score(hidden)  # (N, n_items)
+    with torch.no_grad():
+        soft = F.log_softmax(teacher.score(t_hidden).float() / temperature, -1)
     ce = F.cross_entropy(logits, targets[keep] - 1)
     student = F.log_softmax(logits.float() / temperature, -1)
     kl = F.kl_div(student, soft, log_target=True, reduction="batchmean")
     return (1.0 - weight) * ce + weight * temperature**2 * kl
+
+
+def _scores_by_item_table(model: nn.Module) -> bool:
+    """Whether ``model.score(h)`` is ``h @ item_emb.weight[1:].T`` (SASRec and the supernet)."""
+    return type(model).score is SASRec.score
+
+
+class _LinearDistillation(torch.autograd.Function):
+    """Mean of ``a * CE(z, y) + b * KL(softmax(t / T) || softmax(z / T))`` for ``z = h @ W.T``
+    and teacher scores ``t = h_t @ W_t.T``, gradients computed chunk by chunk in forward.
+
+    Per chunk of rows: both logits, the softmaxes, the loss and ``dz = a * (softmax(z) -
+    onehot(y)) + (b / T) * (softmax(z / T) - softmax(t / T))``, then its share of the gradients
+    of ``h`` and ``W``. Nothing of size (N, n_items) is kept; the teacher gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, t_h, t_weight, target, a, b, temp):
+        n = h.shape[0]
+        grad_h = torch.empty_like(h)  # (N, d)
+        grad_w = torch.zeros_like(weight)  # (n_items, d)
+        total = torch.zeros((), dtype=torch.float64, device=h.device)
+        for start in range(0, n, CE_CHUNK):
+            hc = h[start : start + CE_CHUNK]
+            z = hc @ weight.t()  # (c, n_items)
+            grad = torch.zeros_like(z)
+            if a > 0:
+                rows = torch.arange(z.shape[0], device=h.device)
+                tc = target[start : start + CE_CHUNK]
+                log_p = torch.log_softmax(z, dim=1)
+                total -= a * log_p[rows, tc].sum().double()
+                grad.add_(log_p.exp_(), alpha=a)
+                grad[rows, tc] -= a
+            if b > 0:
+                log_q = torch.log_softmax(t_h[start : start + CE_CHUNK] @ t_weight.t() / temp, 1)
+                log_ps = torch.log_softmax(z / temp, dim=1)
+                q = log_q.exp()
+                total += b * (q * (log_q - log_ps)).sum().double()
+                grad.add_(log_ps.exp_().sub_(q), alpha=b / temp)
+            torch.mm(grad, weight, out=grad_h[start : start + CE_CHUNK])
+            grad_w.addmm_(grad.t(), hc)
+        ctx.save_for_backward(grad_h.div_(n), grad_w.div_(n))
+        return (total / n).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None, None, None, None, None, None
+
+
+def linear_distillation(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    teacher_h: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    target: torch.Tensor | None = None,
+    ce_weight: float = 0.0,
+    kd_weight: float = 1.0,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """``ce_weight * CE + kd_weight * KL(teacher_T || student_T)`` of full-catalogue scores,
+    without materialising them.
+
+    The student scores ``h @ weight.T`` (``h`` (N, d), ``weight`` (n_items, d)), the teacher
+    ``teacher_h @ teacher_weight.T`` (detached); ``target`` (N,) holds the true columns when
+    ``ce_weight > 0``. Equal to the materialised ``F.cross_entropy`` / ``F.kl_div(...,
+    reduction="batchmean")`` mix; the KL is over the temperature-``T`` softmaxes.
+    """
+    if ce_weight > 0 and target is None:
+        raise ValueError("ce_weight > 0 needs the target columns")
+    with torch.autocast(h.device.type, enabled=False):
+        return _LinearDistillation.apply(
+            h.float(),
+            weight.float(),
+            teacher_h.detach().float(),
+            teacher_weight.detach().float(),
+            target,
+            float(ce_weight),
+            float(kd_weight),
+            float(temperature),
+        )
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
