@@ -141,8 +141,8 @@ def test_distilled_loss_mixes_cross_entropy_and_the_teachers_soft_scores(model_a
     assert abs(float(alone)) < 1e-5
 
 
-@pytest.mark.parametrize("temp", [1.0, 2.0])
-def test_chunked_distillation_matches_the_materialised_loss_and_gradients(temp):
+@pytest.mark.parametrize("temp, ce", [(1.0, 0.4), (2.0, 0.4), (1.0, 0.0), (2.0, 1.0)])
+def test_chunked_distillation_matches_the_materialised_loss_and_gradients(temp, ce):
     torch.manual_seed(0)
     n, d, items = 600, 8, 50  # more rows than one chunk
     h = torch.randn(n, d, requires_grad=True)
@@ -156,11 +156,12 @@ def test_chunked_distillation_matches_the_materialised_loss_and_gradients(temp):
         log_target=True,
         reduction="batchmean",
     )
-    want = 0.4 * F.cross_entropy(logits, target) + 0.6 * temp**2 * kl
+    kd = (1 - ce) * temp**2
+    want = ce * F.cross_entropy(logits, target) + kd * kl
     want.backward()
     grads = (h.grad.clone(), w.grad.clone())
     h.grad = w.grad = None
-    got = linear_distillation(h, w, t_h, t_w, target, 0.4, 0.6 * temp**2, temp)
+    got = linear_distillation(h, w, t_h, t_w, target, ce, kd, temp)
     (2 * got).backward()
     assert float(got) == pytest.approx(float(want), rel=1e-5)
     for g, ref in zip((h.grad, w.grad), grads, strict=True):

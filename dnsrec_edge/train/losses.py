@@ -138,23 +138,32 @@ class _LinearDistillation(torch.autograd.Function):
         grad_h = torch.empty_like(h)  # (N, d)
         grad_w = torch.zeros_like(weight)  # (n_items, d)
         total = torch.zeros((), dtype=torch.float64, device=h.device)
+        t_h = t_h / temp  # the teacher's scores come out of the matmul already at 1 / T
         for start in range(0, n, CE_CHUNK):
             hc = h[start : start + CE_CHUNK]
             z = hc @ weight.t()  # (c, n_items)
-            grad = torch.zeros_like(z)
-            if a > 0:
-                rows = torch.arange(z.shape[0], device=h.device)
-                tc = target[start : start + CE_CHUNK]
-                log_p = torch.log_softmax(z, dim=1)
-                total -= a * log_p[rows, tc].sum().double()
-                grad.add_(log_p.exp_(), alpha=a)
-                grad[rows, tc] -= a
+            rows = torch.arange(z.shape[0], device=h.device)
+            tc = None if target is None else target[start : start + CE_CHUNK]
+            picked = None if a == 0 else z[rows, tc]  # (c,) target logits
+            p = lse = None
+            grad = torch.zeros_like(z) if b == 0 else None
             if b > 0:
-                log_q = torch.log_softmax(t_h[start : start + CE_CHUNK] @ t_weight.t() / temp, 1)
-                log_ps = torch.log_softmax(z / temp, dim=1)
-                q = log_q.exp()
-                total += b * (q * (log_q - log_ps)).sum().double()
-                grad.add_(log_ps.exp_().sub_(q), alpha=b / temp)
+                # KL(q || p_T) per row = sum_j q_j (t_j - z_j) / T - lse(t / T) + lse(z / T)
+                ts = t_h[start : start + CE_CHUNK] @ t_weight.t()  # (c, n_items), t / T
+                zs = z if temp == 1.0 else z / temp
+                q, lse_t = _softmax_lse(ts, in_place=False)
+                dot = torch.linalg.vecdot(q, ts.sub_(zs))
+                grad, lse_zs = _softmax_lse(zs, in_place=True)  # p_T (z itself when T == 1)
+                total += b * (dot - lse_t + lse_zs).sum().double()
+                if temp == 1.0 and a > 0:  # softmax(z) is p_T: reuse it
+                    p, lse = grad.clone(), lse_zs
+                grad.sub_(q).mul_(b / temp)
+            if a > 0:
+                if p is None:
+                    p, lse = _softmax_lse(z, in_place=True)
+                total += a * (lse - picked).sum().double()
+                grad.add_(p, alpha=a)
+                grad[rows, tc] -= a
             torch.mm(grad, weight, out=grad_h[start : start + CE_CHUNK])
             grad_w.addmm_(grad.t(), hc)
         ctx.save_for_backward(grad_h.div_(n), grad_w.div_(n))
@@ -164,6 +173,15 @@ class _LinearDistillation(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_out, grad_w * grad_out, None, None, None, None, None, None
+
+
+def _softmax_lse(x: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row softmax of ``x`` (c, n) and its log-sum-exp (c,), with one ``exp`` pass; ``in_place``
+    overwrites ``x`` with the softmax."""
+    top = x.amax(dim=1, keepdim=True)
+    e = (x.sub_(top) if in_place else x.sub(top)).exp_()
+    norm = e.sum(dim=1, keepdim=True)
+    return e.div_(norm), (top + norm.log()).squeeze(1)
 
 
 def linear_distillation(
