@@ -1,8 +1,8 @@
 """Selection on the front: the most probable in-budget architectures, scored with shared weights.
 
 After the search, the ``k`` in-budget architectures the controllers find most probable (plus
-the largest in budget at each depth and every architecture an epoch selected) are each scored in hard mode with the supernet's
-weights on the validation users. Each keeps its predicted cost and, when the caller can
+the largest in budget at each depth and every architecture an epoch selected) are each
+scored in hard mode with the supernet's weights on the validation users. Each keeps its predicted cost and, when the caller can
 reach the target, its measured cost as a share of the baseline measured in the same run. The
 most accurate architecture whose predicted cost fits the limit and whose measured share (if
 any) fits the budget's share is the reference; among the fitting points whose validation

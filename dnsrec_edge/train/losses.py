@@ -145,8 +145,7 @@ class _LinearDistillation(torch.autograd.Function):
             rows = torch.arange(z.shape[0], device=h.device)
             tc = None if target is None else target[start : start + CE_CHUNK]
             picked = None if a == 0 else z[rows, tc]  # (c,) target logits
-            p = lse = None
-            grad = torch.zeros_like(z) if b == 0 else None
+            p = lse = grad = None
             if b > 0:
                 # KL(q || p_T) per row = sum_j q_j (t_j - z_j) / T - lse(t / T) + lse(z / T)
                 ts = t_h[start : start + CE_CHUNK] @ t_weight.t()  # (c, n_items), t / T
@@ -162,7 +161,7 @@ class _LinearDistillation(torch.autograd.Function):
                 if p is None:
                     p, lse = _softmax_lse(z, in_place=True)
                 total += a * (lse - picked).sum().double()
-                grad.add_(p, alpha=a)
+                grad = p.mul_(a) if grad is None else grad.add_(p, alpha=a)
                 grad[rows, tc] -= a
             torch.mm(grad, weight, out=grad_h[start : start + CE_CHUNK])
             grad_w.addmm_(grad.t(), hc)
