@@ -6,13 +6,14 @@ Each seed reuses the embedded default run of ``benchmarks/default_run.py``
 - ``no-distill``: the default search's subnet, inherited, trained without distillation;
 - ``scratch``: the default search's architecture trained from scratch (the paper's retrain);
 - ``no-gates``, ``fixed-penalty``, ``shared-alpha``, ``no-warmup-rule`` (no sandwich rule, no
-  prolonged warm-up: the mixture's loss for one warm-up epoch): a new search with that one
-  change, then the default subnet training (inherited + distilled).
+  prolonged warm-up: the mixture's loss for one warm-up epoch), ``no-inherit`` (the supernet
+  starts from its own initialisation, not from the trained baseline): a new search with that
+  one change, then the default subnet training (inherited + distilled).
 
 Every subnet trains with the baseline's recipe and budget. Reported per variant and seed: test
 HR@10 / NDCG@10 / MRR@10 (full ranking), the share of the seed's baseline NDCG@10, the
 architecture, and its ONNX Runtime latency share of the baseline (batch 1, one thread, one
-interleaved run). Results: ``benchmarks/results/ablations.json``.
+interleaved run). Results: ``benchmarks/results/ablations.json`` (or ``--out``).
 
     python benchmarks/ablations.py --seeds 0 1 2 --runs quickstart
 """
@@ -48,6 +49,7 @@ SEARCH_VARIANTS = {
     "fixed-penalty": ({"penalty": "fixed"}, {}),
     "shared-alpha": ({"shared_alpha": True}, {}),
     "no-warmup-rule": ({"sandwich": False, "warmup_target": 0.0, "warmup_epochs": 1}, {}),
+    "no-inherit": ({"inherit": False}, {}),
 }
 log = logging.getLogger("bench.ablations")
 
@@ -83,6 +85,7 @@ def one_seed(seed: int, variants: list[str], threads: int, save, prefix: str) ->
                 baseline_valid=done["valid"]["ndcg@10"],
                 measure=lambda archs: ort_shares(archs, teacher.arch),
                 cost_model=OrtLatencyModel(threads=1),  # as the pipeline does on this host
+                baseline_checkpoint=run / "baseline" / "train" / "model.pt",
                 force=True,
                 quiet=True,
             )
@@ -140,9 +143,10 @@ def main() -> None:
     parser.add_argument(
         "--runs", default="default", help="the default runs to build on: runs/RUNS-seedS"
     )
+    parser.add_argument("--out", type=Path, default=RESULTS / "ablations.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    path = RESULTS / "ablations.json"
+    path = args.out
 
     def save(seed: int, baseline: dict, name: str, entry: dict) -> None:
         # Re-read under a lock, so seeds run in parallel processes merge instead of clobbering.

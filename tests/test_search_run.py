@@ -1,5 +1,6 @@
 """A tiny search on a slice of real ml-100k, retraining, and the CLI's error messages."""
 
+import itertools
 import json
 import shutil
 from dataclasses import replace
@@ -334,3 +335,55 @@ def test_load_baseline_reads_the_arch_and_the_runs_validation_ndcg(run, ml100k_s
     _, out = run
     with pytest.raises(InputFileError, match="is not a trained SASRec baseline"):
         load_baseline(out / "supernet.pt")
+
+
+def test_a_search_from_a_baseline_starts_from_it_and_validates_on_its_held_out_users(
+    ml100k_small, tmp_path
+):
+    from dataclasses import asdict
+
+    from dnsrec_edge.search.front import hard_valid
+    from dnsrec_edge.train.checkpoint import save_checkpoint
+    from dnsrec_edge.train.trainer import validation_holdout, validation_users
+
+    space = _space(ml100k_small)
+    trained_with = replace(_train_config(), valid_share=0.5)
+    base = SASRec(ArchSpec.uniform(ml100k_small.n_items, MAX_LEN, 64, 2, 4, ffn=64))
+    path = save_checkpoint(tmp_path / "base" / "model.pt", base, ml100k_small.fingerprint,
+                           {"train_config": asdict(trained_with)})  # fmt: skip
+    res = search(ml100k_small, "flops=30%", tmp_path / "run", config=_config(), space=space,
+                 quiet=True, baseline_checkpoint=path)  # fmt: skip
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())
+    warmup = run_json["warmup"]
+    assert warmup["inherited"] == ["item_emb", "pos_emb", "ln_f", "blocks.0", "blocks.1"]
+    assert run_json["config"]["lr"] == pytest.approx(_config().lr * _config().inherit_lr)
+    holdout = validation_holdout(ml100k_small, trained_with)
+    held = validation_users(ml100k_small, holdout)
+    assert warmup["validation_users"] == held.n_users == holdout.sum() < ml100k_small.n_users
+    # the selection was scored on the held-out users only: the others' items were trained on
+    assert res.valid == hard_valid(res.model, held, res.choice, MAX_LEN)
+    assert res.valid != hard_valid(res.model, ml100k_small, res.choice, MAX_LEN)
+    plain = search(ml100k_small, "flops=30%", tmp_path / "plain", quiet=True, space=space,
+                   config=replace(_config(), inherit=False), baseline_checkpoint=path)  # fmt: skip
+    assert plain.model.item_emb.weight.ne(base.item_emb.weight).any()
+    plain_json = json.loads((tmp_path / "plain" / "run.json").read_text())
+    assert plain_json["warmup"]["inherited"] == [] and plain_json["config"]["lr"] == _config().lr
+
+
+@pytest.mark.parametrize("baseline_valid", [1.0, 1e-6])
+def test_the_warmup_goes_on_until_the_target_or_an_epoch_that_no_longer_helps(
+    ml100k_small, tmp_path, baseline_valid
+):
+    config = replace(_config(), epochs=7, warmup_epochs=1, max_warmup_epochs=5)
+    search(ml100k_small, "flops=30%", tmp_path / "run", config=config, quiet=True,
+           space=_space(ml100k_small), baseline_valid=baseline_valid)  # fmt: skip
+    log = [r for _, r, _ in read_jsonl(tmp_path / "run" / "search_log.jsonl")]
+    warm = [r["largest_valid_ndcg@10"] for r in log if r["phase"] == "warmup"]
+    assert [r["phase"] for r in log] == ["warmup"] * len(warm) + ["search"] * 6
+    if baseline_valid < 0.01:  # the target is met after the first epoch
+        assert len(warm) == 1
+        return
+    assert all(v < 0.95 for v in warm)  # the target (0.95) is never met
+    # every epoch but the last raised the largest path; the last did not, or hit the cap
+    assert all(b > a for a, b in itertools.pairwise(warm[:-1]))
+    assert len(warm) == 5 or warm[-1] <= warm[-2]

@@ -5,6 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dnsrec_edge.cost.analysis import analyze, param_count
+from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.models.sasrec import SASRec
 from dnsrec_edge.search.controllers import MixWeights
 from dnsrec_edge.search.space import Choice, SearchSpace
@@ -219,3 +220,49 @@ def test_one_hot_weights_of_a_choice():
     w = MixWeights.one_hot(Choice(2, ((1, 0), (2, 2))), 3, 3, 3)
     assert w.hard and w.depth.tolist() == [0.0, 1.0, 0.0]
     assert w.attn.argmax(1).tolist()[:2] == [1, 2] and w.ffn.argmax(1).tolist()[:2] == [0, 2]
+
+
+def _baseline(space, depth, heads, ffn, hidden=None, seed=1):
+    """A SASRec with random weights (nothing zero by chance) fitting ``space``."""
+    torch.manual_seed(seed)
+    arch = ArchSpec.uniform(space.n_items, space.max_len, hidden or space.hidden, depth, heads,
+                            ffn=ffn)  # fmt: skip
+    model = SASRec(arch, dropout=0.1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def test_an_inherited_supernet_computes_the_baseline_on_every_path_as_deep_and_wide():
+    space = SearchSpace(n_items=40, max_len=12, max_depth=3, heads=(4, 2), ffn=(64, 32),
+                        gate_hidden=8)  # fmt: skip
+    base = _baseline(space, depth=2, heads=4, ffn=32)  # 4 heads of 16: the supernet's split
+    model = _randomised(space)
+    assert model.inherit(base) == ["item_emb", "pos_emb", "ln_f", "blocks.0", "blocks.1"]
+    seq = _seq(space)
+    with torch.no_grad():
+        want = base.predict(seq)
+        for choice in (
+            Choice(2, ((0, 1), (0, 1))),
+            Choice(2, ((0, 0), (0, 1))),
+            Choice(3, ((0, 0), (0, 0), (1, 1))),  # the extra block starts as an identity
+        ):
+            with model.selected(choice):
+                assert torch.allclose(model.predict(seq), want, atol=1e-5), choice
+        with model.selected(Choice(2, ((1, 1), (0, 1)))):  # two heads fewer: another function
+            assert not torch.allclose(model.predict(seq), want, atol=1e-3)
+        with model.selected(Choice(1, ((0, 1),))):
+            assert not torch.allclose(model.predict(seq), want, atol=1e-3)
+
+
+def test_a_baseline_of_another_shape_is_not_inherited():
+    space = SearchSpace(n_items=40, max_len=12, max_depth=2, heads=(4, 2), ffn=(64, 32))
+    model = _randomised(space)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for base in (
+        _baseline(space, depth=2, heads=2, ffn=32, hidden=32),  # another hidden size
+        _baseline(space, depth=3, heads=4, ffn=32),  # deeper than the supernet
+    ):
+        assert model.inherit(base) == []
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

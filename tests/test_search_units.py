@@ -294,6 +294,8 @@ def test_search_config_validation():
         SearchConfig(epochs=2, warmup_epochs=2)
     with pytest.raises(Exception, match="penalty 'soft' is not one of dynamic, fixed"):
         SearchConfig(penalty="soft")
+    with pytest.raises(Exception, match=r"inherit_lr must lie in \(0, 1\] \(got 0\)"):
+        SearchConfig(inherit_lr=0)
 
 
 def test_a_baseline_share_needs_a_cost_model_that_predicts_the_baseline():

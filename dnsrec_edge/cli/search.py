@@ -27,8 +27,16 @@ from dnsrec_edge.cli.options import calibration_dir_option, threads_option
 @click.option(
     "--baseline",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The trained baseline's model.pt: what a % budget is a share of, and (with its run "
-    "folder's metrics.json) the warm-up's goal. Default: the SASRec of 'train's defaults.",
+    help="The trained baseline's model.pt: what a % budget is a share of, the supernet's "
+    "starting weights (unless --no-inherit) and (with its run folder's metrics.json) the "
+    "warm-up's goal. Default: the SASRec of 'train's defaults.",
+)
+@click.option(
+    "--inherit/--no-inherit",
+    default=True,
+    show_default=True,
+    help="Start the supernet from --baseline's weights (validating on the users whose "
+    "validation item the baseline held out).",
 )
 @click.option(
     "--epochs", default=10, show_default=True, type=click.IntRange(min=2), help="Search epochs."
@@ -112,6 +120,7 @@ def search_cmd(
     budget: str,
     target: str | None,
     baseline: Path | None,
+    inherit: bool,
     epochs: int,
     max_len: int,
     warmup: int | None,
@@ -160,6 +169,7 @@ def search_cmd(
         batch_size=batch_size,
         seed=seed,
         threads=threads,
+        inherit=inherit,
     )
     data = load_dataset(dataset, quiet=quiet)
     space = SearchSpace(
@@ -190,6 +200,7 @@ def search_cmd(
         baseline_valid=base_valid,
         measure=measure,
         cost_model=cost_model,
+        baseline_checkpoint=baseline,
     )
     if as_json:
         import json

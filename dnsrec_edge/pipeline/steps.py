@@ -213,6 +213,7 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         front_size=ctx.settings["candidates"]["max"],
         cost_model=cost_model,
         warmup_cache=ctx.out.parents[1] / "cache" / "warmup",  # shared by the run's budgets
+        baseline_checkpoint=ctx["baseline"].file(baseline["checkpoint"]),
     )
     candidates = evaluate_candidates(
         ctx.out / "run", ds, config.max_len, ctx.settings["candidates"]["max"]

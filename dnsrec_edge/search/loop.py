@@ -3,11 +3,15 @@
 Warm-up (the controllers stay still): the shared weights train with the sandwich rule and
 in-place distillation (:mod:`sandwich`: the largest path on the true items, the smallest and
 ``sandwich_random`` random paths on the largest path's predictions), with the baseline's
-recipe (Adam at its learning rate, a one-epoch linear ramp, its dropout). The warm-up lasts
+recipe (Adam at its learning rate, a one-epoch linear ramp, its dropout; a supernet that
+starts from the trained baseline, see ``search.run``, trains at ``inherit_lr`` of that rate,
+and only the baseline's validation users validate). The warm-up lasts
 at least ``warmup_epochs`` and, given the baseline's validation NDCG@10, goes on (up to
-``max_warmup_epochs``) until the largest hard path reaches ``warmup_target`` of it, so the
-controllers start from shared weights whose hard paths rank items about as well as the
-baseline does.
+``max_warmup_epochs``) until the largest hard path reaches ``warmup_target`` of it or an
+epoch no longer raises it, so the controllers start from shared weights whose hard paths
+rank items about as well as the baseline does (or as well as more warm-up would make them:
+a start inherited from the baseline begins near the target, and the sandwich rule's small
+paths then trade some of the largest path's accuracy for their own).
 
 Search (``epochs - warmup_epochs`` epochs): first order (DARTS-style), every batch updates the
 weights with the mixture's task loss; every ``arch_every`` batches one batch of the held-out
@@ -47,8 +51,9 @@ from dnsrec_edge.search.front import hard_valid, most_probable_in_budget
 from dnsrec_edge.search.sandwich import sandwich_step
 from dnsrec_edge.search.space import Choice
 from dnsrec_edge.search.supernet import Supernet
-from dnsrec_edge.search.warmup_cache import load_warmup, save_warmup, warmup_key
+from dnsrec_edge.search.warmup_cache import load_warmup, save_warmup, state_digest, warmup_key
 from dnsrec_edge.train.losses import LOSSES, sequence_loss
+from dnsrec_edge.train.trainer import validation_users
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,8 @@ class SearchConfig:
     warmup_epochs: int = 3  # weights only (every path trains), temperature held at t_start
     sandwich: bool = True  # warm-up with the sandwich rule (False: the mixture's loss)
     sandwich_random: int = 2  # random paths per sandwich step
+    inherit: bool = True  # start from the trained baseline's weights when one is given
+    inherit_lr: float = 0.1  # then the weights' learning rate is this share of lr
     warmup_target: float = 0.95  # prolong the warm-up until the largest path reaches this
     max_warmup_epochs: int = 0  # share of the baseline's valid NDCG@10 (0: epochs - 1)
     t_start: float = 1.0
@@ -106,6 +113,8 @@ class SearchConfig:
                 f"warmup_target must lie in 0..1.5 and anneal_band be > 0 (got "
                 f"{self.warmup_target}, {self.anneal_band})"
             )
+        if not 0 < self.inherit_lr <= 1:
+            problems.append(f"inherit_lr must lie in (0, 1] (got {self.inherit_lr})")
         if not 0 < self.t_end <= self.t_start:
             problems.append(
                 f"temperatures need 0 < t_end <= t_start (got {self.t_start}, {self.t_end})"
@@ -150,11 +159,13 @@ def split_users(dataset: Dataset, share: float, seed: int) -> tuple[np.ndarray, 
 
 
 def _cycle_batches(
-    dataset: Dataset, users: np.ndarray, config: SearchConfig
+    dataset: Dataset, users: np.ndarray, config: SearchConfig, holdout: np.ndarray | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for round_ in itertools.count():
         rng = np.random.default_rng([config.seed, 1_000_003, round_])
-        yield from train_batches(dataset, config.max_len, config.batch_size, rng, users=users)
+        yield from train_batches(
+            dataset, config.max_len, config.batch_size, rng, users=users, holdout=holdout
+        )
 
 
 def run_search(
@@ -167,12 +178,15 @@ def run_search(
     quiet: bool = False,
     baseline_valid: float | None = None,
     warmup_cache: Path | None = None,
+    holdout: np.ndarray | None = None,
 ) -> LoopResult:
     """Train ``model`` and its controllers; ``on_epoch(record, improved)`` after each epoch.
 
     ``baseline_valid`` (the baseline's validation NDCG@10) turns on the warm-up rule. With
     ``warmup_cache`` (a folder, :mod:`search.warmup_cache`), a finished warm-up of the same
     data, space, settings and baseline is loaded instead of trained, and a trained one saved.
+    ``holdout`` (bool per user, as in ``train_batches``): only these users' validation items
+    are held out; the others train on theirs, and validation uses the held-out users only.
     """
     weight_users, held_users = split_users(dataset, config.heldout, config.seed)
     if len(weight_users) == 0:
@@ -183,8 +197,9 @@ def run_search(
     w_opt = torch.optim.Adam(model.weight_parameters(), lr=config.lr, betas=(0.9, 0.98))
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr)
     penalty = Penalty(config.penalty, config.lam, config.dual_step)
-    arch_batches = _cycle_batches(dataset, held_users, config)
-    steps_per_epoch = sum(1 for _ in _weight_batches(dataset, weight_users, config, 0))
+    valid_set = validation_users(dataset, holdout)
+    arch_batches = _cycle_batches(dataset, held_users, config, holdout)
+    steps_per_epoch = sum(1 for _ in _weight_batches(dataset, weight_users, config, 0, holdout))
     search_epochs = config.epochs - config.warmup_epochs
     anneal_steps = search_epochs * steps_per_epoch
     max_warmup = config.max_warmup_epochs or max(config.warmup_epochs, config.epochs - 1)
@@ -193,17 +208,19 @@ def run_search(
     ctrl.set_temperature(config.t_start)
     result, best_ndcg, t0 = LoopResult(None), -1.0, time.perf_counter()
     step, anneal_step, searched, warmed, ratio = 0, 0, 0, 0, float("inf")
+    stalled = False
     epoch = 0
     key = None
     if warmup_cache is not None:
-        key = warmup_key(dataset.fingerprint, model.space, config, baseline_valid)
+        start = state_digest(model)  # a start inherited from a baseline differs
+        key = warmup_key(dataset.fingerprint, model.space, config, baseline_valid, start)
         reused = load_warmup(warmup_cache, key, model, w_opt)
         if reused is not None:
             step, warmed, epoch = reused["step"], reused["warmed"], reused["warmed"]
             result.warmup_epochs, result.warmup_valid = warmed, reused["warmup_valid"]
             result.warmup_reused = True
             # the controllers did not move in the warm-up: every warm-up epoch selected this
-            record, epoch_result = _end_epoch(model, dataset, table, limit, config, epoch)
+            record, epoch_result = _end_epoch(model, valid_set, table, limit, config, epoch)
             record.update(
                 phase="warmup-reused",
                 penalty_weight=penalty.lam,
@@ -220,7 +237,7 @@ def run_search(
         torch.manual_seed(config.seed * 100_003 + epoch)
         model.train()
         searching = warmed >= config.warmup_epochs and (
-            target is None or warmed >= max_warmup or result.warmup_valid >= target
+            target is None or warmed >= max_warmup or result.warmup_valid >= target or stalled
         )
         if searching and key is not None:  # the warm-up just ended: keep it for other budgets
             if warmed:  # (a search without warm-up epochs has nothing to share)
@@ -228,7 +245,7 @@ def run_search(
                 save_warmup(warmup_cache, key, model, w_opt, state)
             key = None
         losses, ratios = [], []
-        batches = _weight_batches(dataset, weight_users, config, epoch)
+        batches = _weight_batches(dataset, weight_users, config, epoch, holdout)
         for i, (item_seq, targets) in enumerate(
             track(batches, f"search epoch {epoch}", total=steps_per_epoch, quiet=quiet)
         ):
@@ -250,12 +267,16 @@ def run_search(
             if searching and i % config.arch_every == 0:
                 ratio = _arch_step(model, table, limit, penalty, a_opt, next(arch_batches), config)
                 ratios.append(ratio)
-        record, epoch_result = _end_epoch(model, dataset, table, limit, config, epoch)
+        record, epoch_result = _end_epoch(model, valid_set, table, limit, config, epoch)
         if searching:
             searched += 1
         else:
             warmed += 1
-            result.warmup_valid = _largest_valid(model, dataset, config)
+            previous, result.warmup_valid = (
+                result.warmup_valid,
+                _largest_valid(model, valid_set, config),
+            )
+            stalled = result.warmup_valid <= previous  # prolonging no longer helps
             record["largest_valid_ndcg@10"] = result.warmup_valid
         result.warmup_epochs = warmed
         record.update(
@@ -313,9 +334,17 @@ def _largest_valid(model: Supernet, dataset: Dataset, config: SearchConfig) -> f
     return hard_valid(model, dataset, widest, config.max_len, config.eval_batch_size)["ndcg@10"]
 
 
-def _weight_batches(dataset: Dataset, users: np.ndarray, config: SearchConfig, epoch: int):
+def _weight_batches(
+    dataset: Dataset,
+    users: np.ndarray,
+    config: SearchConfig,
+    epoch: int,
+    holdout: np.ndarray | None = None,
+):
     rng = np.random.default_rng([config.seed, epoch])
-    return train_batches(dataset, config.max_len, config.batch_size, rng, users=users)
+    return train_batches(
+        dataset, config.max_len, config.batch_size, rng, users=users, holdout=holdout
+    )
 
 
 def _arch_step(

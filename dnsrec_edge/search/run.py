@@ -20,10 +20,11 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dnsrec_edge import __version__
@@ -33,14 +34,16 @@ from dnsrec_edge.data.load import load_dataset
 from dnsrec_edge.errors import BudgetError, InputFileError, OutputExists
 from dnsrec_edge.fsio import append_jsonl, atomic_write_json, atomic_write_text
 from dnsrec_edge.models.archspec import ArchSpec
+from dnsrec_edge.models.sasrec import SASRec
 from dnsrec_edge.search.budget import Budget, parse_budget
 from dnsrec_edge.search.constraint import CostTable
 from dnsrec_edge.search.front import MEASURE_TOLERANCE, FrontPoint, Measure, pick, score_front
 from dnsrec_edge.search.loop import LoopResult, SearchConfig, run_search
 from dnsrec_edge.search.space import Choice, SearchSpace
 from dnsrec_edge.search.supernet import Supernet
-from dnsrec_edge.train.checkpoint import read_checkpoint, save_checkpoint
-from dnsrec_edge.train.trainer import set_threads
+from dnsrec_edge.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from dnsrec_edge.train.config import TrainConfig
+from dnsrec_edge.train.trainer import set_threads, validation_holdout, validation_users
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,30 @@ def load_baseline(checkpoint: str | Path) -> tuple[ArchSpec, float | None]:
         return arch, None
 
 
+def inherit_baseline(
+    model: Supernet, checkpoint: str | Path, dataset: Dataset
+) -> tuple[list[str], np.ndarray | None]:
+    """Start ``model`` from the trained baseline in ``checkpoint``; return what was copied
+    and the baseline's validation holdout (bool per user, ``None``: every user), which the
+    search must keep: the inherited weights trained on the other users' validation items."""
+    teacher, meta = load_checkpoint(checkpoint, dataset.fingerprint, dataset.name)
+    if not isinstance(teacher, SASRec):
+        raise InputFileError(
+            f"'{checkpoint}' is not a trained SASRec baseline; pass the model.pt of a "
+            "'dnsrec-edge train' run folder"
+        )
+    copied = model.inherit(teacher)
+    if copied:
+        log.info("the supernet starts from the baseline's weights (%s)", ", ".join(copied))
+    else:
+        log.warning(
+            "the baseline's shapes do not match the search space; the supernet starts from "
+            "its own initialisation"
+        )
+    trained_with = TrainConfig.from_dict(meta.get("extra", {}).get("train_config", {}))
+    return copied, validation_holdout(dataset, trained_with)
+
+
 def default_baseline_arch(space: SearchSpace) -> ArchSpec:
     """The baseline a ``%`` budget refers to when none is given: ``TrainConfig``'s SASRec
     (2 blocks, 1 head, FFN as wide as the hidden size) at the space's items and length."""
@@ -214,6 +241,7 @@ def search(
     front_size: int = 8,
     cost_model: CostModel | None = None,
     warmup_cache: str | Path | None = None,
+    baseline_checkpoint: str | Path | None = None,
 ) -> SearchResult:
     """Search the architecture that fits ``budget``; write the run folder ``out_dir``.
 
@@ -226,7 +254,11 @@ def search(
     blocks, hidden 64, heads 4/2/1 x 16, FFN 256/128/64, data-aware gates. ``cost_model``
     replaces the budget's usual one (e.g. an ``OrtLatencyModel`` measuring on this host).
     ``warmup_cache`` (a folder) shares the budget-independent supernet warm-up between
-    searches that differ only in their budget (:mod:`search.warmup_cache`).
+    searches that differ only in their budget (:mod:`search.warmup_cache`). With
+    ``baseline_checkpoint`` (the trained baseline's ``model.pt``) and ``config.inherit``, the
+    supernet starts from the baseline's weights (:meth:`Supernet.inherit`), its weights train
+    at ``config.inherit_lr`` times the learning rate, and the search validates on the users
+    whose validation item the baseline did not train on.
     """
     config = config or SearchConfig()
     budget = parse_budget(budget) if isinstance(budget, str) else budget
@@ -259,6 +291,12 @@ def search(
     set_threads(config.threads)
     torch.manual_seed(config.seed)
     model = Supernet(space, config.dropout, config.shared_alpha, config.gumbel)
+    inherited, holdout = [], None
+    if baseline_checkpoint is not None and config.inherit:
+        inherited, holdout = inherit_baseline(model, baseline_checkpoint, dataset)
+    if inherited:  # a trained start: a full learning rate would undo what it inherited
+        config = replace(config, lr=config.lr * config.inherit_lr)
+    valid_set = validation_users(dataset, holdout)
     log.info(
         "search on %s: budget %s = %s (%s %s), %d epochs, penalty %s",
         dataset.name,
@@ -286,6 +324,7 @@ def search(
         quiet,
         baseline_valid=baseline_valid,
         warmup_cache=None if warmup_cache is None else Path(warmup_cache),
+        holdout=holdout,
     )
     # saved before the front is picked, so a run whose selection fails keeps its training
     save_checkpoint(
@@ -296,7 +335,7 @@ def search(
     model.eval()
     front = score_front(
         model,
-        dataset,
+        valid_set,
         table,
         limit,
         config.max_len,
@@ -353,6 +392,8 @@ def search(
             seconds,
             baseline,
             base_cost,
+            inherited,
+            valid_set.n_users,
         ),
     )
     return SearchResult(
@@ -388,6 +429,8 @@ def run_record(
     seconds: float,
     baseline: ArchSpec,
     base_cost: float | None,
+    inherited: list[str],
+    valid_users: int,
 ) -> dict[str, Any]:
     """The ``run.json`` schema: dataset, budget, cost model, space, settings and the outcome."""
     return {
@@ -411,6 +454,8 @@ def run_record(
             "epochs": loop.warmup_epochs,
             "largest_valid_ndcg@10": loop.warmup_valid,
             "reused": loop.warmup_reused,
+            "inherited": inherited,  # what the supernet took from the baseline's weights
+            "validation_users": valid_users,
         },
         "selected": {
             "choice": asdict(chosen.choice),

@@ -23,6 +23,7 @@ channels are zero, plus the small ArchSpec it prunes down to.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -262,6 +263,45 @@ class Supernet(nn.Module):
         """Scores ``(B, n_items)`` after the last position; the last block runs it alone."""
         return self.score(self._run(item_seq, last_only=True)[:, -1])
 
+    # --- a start from a trained baseline -----------------------------------------------
+    def inherit(self, baseline: SASRec) -> list[str]:
+        """Start the shared weights from a trained pre-LayerNorm ``baseline``; returns what
+        was copied (empty when the shapes do not match: the supernet keeps its own init).
+
+        The embeddings and final LayerNorm are copied; block ``i`` of the baseline lends its
+        LayerNorms, the first channels of Q/K/V (the output projection's matching columns)
+        and the first inner channels of the FFN. The channels the baseline lacks start with
+        zero output weights, the gates start at exactly 1 and blocks past the baseline's depth
+        start as identities (zero output projections): every path of the baseline's depth
+        or more then computes the baseline's function up to how heads split the channels.
+        """
+        s, a = self.space, baseline.arch
+        same = (a.n_items, a.max_len, a.hidden, a.positions) == (
+            s.n_items,
+            s.max_len,
+            s.hidden,
+            s.positions,
+        )
+        if not same or a.depth > s.max_depth or any(b.norm != "pre" for b in a.blocks):
+            return []
+        src, copied = baseline.state_dict(), ["item_emb", "pos_emb", "ln_f"]
+        with torch.no_grad():
+            for name in copied:
+                getattr(self, name).load_state_dict(getattr(baseline, name).state_dict())
+            for i, block in enumerate(self.blocks):
+                _zero_outputs(block)
+                if i < a.depth:
+                    _inherit_block(
+                        block,
+                        {
+                            k[len(f"blocks.{i}.") :]: v
+                            for k, v in src.items()
+                            if k.startswith(f"blocks.{i}.")
+                        },
+                    )
+                    copied.append(f"blocks.{i}")
+        return copied
+
     # --- export of a subnet -----------------------------------------------------------
     def to_full_sasrec(self, choice: Choice) -> tuple[SASRec, ArchSpec]:
         """The hard subnet as a full-width SASRec (masked channels zero) and its small ArchSpec.
@@ -311,3 +351,32 @@ def _copy_block(src: SuperBlock, dst: nn.Module, space: SearchSpace, a: int, f: 
         dst.ffn.gate_in.fc2.weight[:width] = g_in.fc2.weight
         dst.ffn.gate_in.fc2.bias[:width] = g_in.fc2.bias
         dst.ffn.gate_out.load_state_dict(g_out.state_dict())
+
+
+def _zero_outputs(block: SuperBlock) -> None:
+    """Zero the block's output projections and set its gates to exactly 1: an identity."""
+    for layer in (block.attn.o, block.ffn.fc2):
+        layer.weight.zero_()
+        layer.bias.zero_()
+    for gate in (*(block.ffn.gates_in or ()), *(block.ffn.gates_out or ())):
+        gate.fc2.weight.zero_()
+        gate.fc2.bias.fill_(math.log(1.0 / (gate.gamma - 1.0)) if gate.gamma > 1 else 0.0)
+
+
+def _inherit_block(block: SuperBlock, src: dict[str, torch.Tensor]) -> None:
+    """Copy a baseline block's LayerNorms and leading channels (``src``: its state, unprefixed)."""
+    for name in ("ln1", "ln2"):
+        getattr(block, name).weight.copy_(src[f"{name}.weight"])
+        getattr(block, name).bias.copy_(src[f"{name}.bias"])
+    width = min(src["attn.q.weight"].shape[0], block.attn.q.out_features)
+    for name in ("q", "k", "v"):
+        layer = getattr(block.attn, name)
+        layer.weight[:width] = src[f"attn.{name}.weight"][:width]
+        layer.bias[:width] = src[f"attn.{name}.bias"][:width]
+    block.attn.o.weight[:, :width] = src["attn.o.weight"][:, :width]
+    block.attn.o.bias.copy_(src["attn.o.bias"])
+    inner = min(src["ffn.fc1.weight"].shape[0], block.ffn.fc1.out_features)
+    block.ffn.fc1.weight[:inner] = src["ffn.fc1.weight"][:inner]
+    block.ffn.fc1.bias[:inner] = src["ffn.fc1.bias"][:inner]
+    block.ffn.fc2.weight[:, :inner] = src["ffn.fc2.weight"][:, :inner]
+    block.ffn.fc2.bias.copy_(src["ffn.fc2.bias"])

@@ -10,7 +10,7 @@ is as good as ours.
 
 Example::
 
-    key = warmup_key(dataset.fingerprint, space, config, baseline_valid)
+    key = warmup_key(dataset.fingerprint, space, config, baseline_valid, state_digest(model))
     state = load_warmup(folder, key, model, optimizer)  # None: train the warm-up
 """
 
@@ -32,11 +32,20 @@ from dnsrec_edge.fsio import atomic_write_bytes, atomic_write_text, sha256_file
 log = logging.getLogger(__name__)
 
 
-def warmup_key(fingerprint: str, space: Any, config: Any, baseline_valid: float | None) -> str:
+def warmup_key(
+    fingerprint: str,
+    space: Any,
+    config: Any,
+    baseline_valid: float | None,
+    start: str,
+) -> str:
     """What names an entry: the data, the search space, every search setting, the baseline's
-    validation NDCG@10 (the warm-up's target) and the tool and torch versions."""
+    validation NDCG@10 (the warm-up's target), the digest of the starting weights (see
+    :func:`state_digest`: a start inherited from a baseline differs) and the tool and torch
+    versions."""
     text = json.dumps(
         {
+            "start": start,
             "dataset": fingerprint,
             "space": space.to_dict(),
             "config": asdict(config) | {"threads": None},  # threads do not change the result
@@ -46,6 +55,15 @@ def warmup_key(fingerprint: str, space: Any, config: Any, baseline_valid: float 
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 over the names and bytes of ``model``'s state, in order."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_warmup(
