@@ -213,12 +213,17 @@ def test_a_front_no_measurement_fits_fails_and_keeps_the_trained_supernet(ml100k
 
 
 @pytest.mark.slow
-def test_a_second_budget_reuses_the_warmup_and_searches_as_without_it(ml100k_small, tmp_path):
+@pytest.mark.parametrize("baseline_valid", [None, 1.0])  # 1.0: the warm-up rule's target
+def test_a_second_budget_reuses_the_warmup_and_searches_as_without_it(
+    ml100k_small, tmp_path, baseline_valid
+):
     cache = tmp_path / "cache"
+    config = replace(_config(), epochs=5, max_warmup_epochs=3)
 
     def run(name, budget, cache=cache):
-        res = search(ml100k_small, budget, tmp_path / name, config=_config(),
-                     space=_space(ml100k_small), quiet=True, warmup_cache=cache)  # fmt: skip
+        res = search(ml100k_small, budget, tmp_path / name, config=config, quiet=True,
+                     space=_space(ml100k_small), warmup_cache=cache,
+                     baseline_valid=baseline_valid)  # fmt: skip
         run_json = json.loads((tmp_path / name / "run.json").read_text())
         log = [r for _, r, _ in read_jsonl(tmp_path / name / "search_log.jsonl")]
         searched = [(r["epoch"], r["valid"], r["selected"]) for r in log if r["phase"] == "search"]

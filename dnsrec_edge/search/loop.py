@@ -208,7 +208,7 @@ def run_search(
     ctrl.set_temperature(config.t_start)
     result, best_ndcg, t0 = LoopResult(None), -1.0, time.perf_counter()
     step, anneal_step, searched, warmed, ratio = 0, 0, 0, 0, float("inf")
-    stalled = False
+    stalled = False  # True once the warm-up is over, whatever the target says
     epoch = 0
     key = None
     if warmup_cache is not None:
@@ -219,6 +219,7 @@ def run_search(
             step, warmed, epoch = reused["step"], reused["warmed"], reused["warmed"]
             result.warmup_epochs, result.warmup_valid = warmed, reused["warmup_valid"]
             result.warmup_reused = True
+            stalled = True  # an entry is saved when its warm-up ended: search from here on
             # the controllers did not move in the warm-up: every warm-up epoch selected this
             record, epoch_result = _end_epoch(model, valid_set, table, limit, config, epoch)
             record.update(
