@@ -1,17 +1,17 @@
 """Selection on the front: the most probable in-budget architectures, scored with shared weights.
 
 After the search, the ``k`` in-budget architectures the controllers find most probable (plus
-the largest in budget at each depth and every architecture an epoch selected) are each
-scored in hard mode with the supernet's weights on the validation users. Each keeps its predicted cost and, when the caller can
-reach the target, its measured cost as a share of the baseline measured in the same run. The
-most accurate architecture whose predicted cost fits the limit and whose measured share (if
-any) fits the budget's share is the reference; among the fitting points whose validation
-NDCG@10 is not below the reference's by more than one standard error of the paired per-user
-difference (the same users, so most of the noise cancels), the one with the highest predicted
-cost wins. Shared weights rank architectures of similar accuracy poorly, and the most trained
-paths (the sandwich rule's smallest, every step) look better than they will be after their own
-training; within that noise, the capacity the budget pays for is the better bet for the subnet
-that is then trained with distillation. When no measured share fits, one within
+the largest in budget at each depth and every architecture an epoch selected) are each scored
+in hard mode with the supernet's weights on the validation users. Each keeps its predicted cost
+and, when the caller can reach the target, its measured cost as a share of the baseline
+measured in the same run. The most accurate architecture whose predicted cost fits the limit
+and whose measured share (if any) fits the budget's share is the reference; among the fitting
+points whose validation NDCG@10 is not below the reference's by more than one standard error of
+the paired per-user difference (the same users, so most of the noise cancels), the one with the
+highest predicted cost wins. Shared weights rank architectures of similar accuracy poorly, and
+the most trained paths (the sandwich rule's smallest, every step) look better than they will be
+after their own training; within that noise, the capacity the budget pays for is the better bet
+for the subnet that is then trained with distillation. When no measured share fits, one within
 ``MEASURE_TOLERANCE`` (10 %) of it does: two timings of one file on a shared machine differ by
 that much, and a search of an hour should not fail on 26 % measured against a 25 % budget.
 

@@ -273,11 +273,9 @@ def run_search(
             searched += 1
         else:
             warmed += 1
-            previous, result.warmup_valid = (
-                result.warmup_valid,
-                _largest_valid(model, valid_set, config),
-            )
-            stalled = result.warmup_valid <= previous  # prolonging no longer helps
+            largest = _largest_valid(model, valid_set, config)
+            stalled = largest <= result.warmup_valid  # prolonging no longer helps
+            result.warmup_valid = largest
             record["largest_valid_ndcg@10"] = result.warmup_valid
         result.warmup_epochs = warmed
         record.update(
@@ -340,7 +338,7 @@ def _weight_batches(
     users: np.ndarray,
     config: SearchConfig,
     epoch: int,
-    holdout: np.ndarray | None = None,
+    holdout: np.ndarray | None,
 ):
     rng = np.random.default_rng([config.seed, epoch])
     return train_batches(

@@ -115,6 +115,13 @@ def host_measurers(baseline: ArchSpec, threads: int = 1) -> tuple[CostModel, Mea
     )
 
 
+def _not_a_baseline(path: str | Path) -> InputFileError:
+    return InputFileError(
+        f"'{path}' is not a trained SASRec baseline; pass the model.pt of a 'dnsrec-edge "
+        "train' run folder"
+    )
+
+
 def load_baseline(checkpoint: str | Path) -> tuple[ArchSpec, float | None]:
     """A trained baseline's architecture and, from its run folder's ``metrics.json``, its
     validation NDCG@10 (``None`` when the folder holds none)."""
@@ -123,10 +130,7 @@ def load_baseline(checkpoint: str | Path) -> tuple[ArchSpec, float | None]:
     path = Path(checkpoint)
     payload = read_checkpoint(path)
     if payload.get("kind") != "sasrec" or not payload.get("arch"):
-        raise InputFileError(
-            f"'{path}' is not a trained SASRec baseline; pass the model.pt of a 'dnsrec-edge "
-            "train' run folder"
-        )
+        raise _not_a_baseline(path)
     arch = ArchSpec.from_dict(payload["arch"])
     metrics = path.parent / "metrics.json"
     try:
@@ -144,10 +148,7 @@ def inherit_baseline(
     search must keep: the inherited weights trained on the other users' validation items."""
     teacher, meta = load_checkpoint(checkpoint, dataset.fingerprint, dataset.name)
     if not isinstance(teacher, SASRec):
-        raise InputFileError(
-            f"'{checkpoint}' is not a trained SASRec baseline; pass the model.pt of a "
-            "'dnsrec-edge train' run folder"
-        )
+        raise _not_a_baseline(checkpoint)
     copied = model.inherit(teacher)
     if copied:
         log.info("the supernet starts from the baseline's weights (%s)", ", ".join(copied))

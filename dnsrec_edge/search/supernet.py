@@ -284,21 +284,14 @@ class Supernet(nn.Module):
         )
         if not same or a.depth > s.max_depth or any(b.norm != "pre" for b in a.blocks):
             return []
-        src, copied = baseline.state_dict(), ["item_emb", "pos_emb", "ln_f"]
+        copied = ["item_emb", "pos_emb", "ln_f"]
         with torch.no_grad():
             for name in copied:
                 getattr(self, name).load_state_dict(getattr(baseline, name).state_dict())
             for i, block in enumerate(self.blocks):
                 _zero_outputs(block)
                 if i < a.depth:
-                    _inherit_block(
-                        block,
-                        {
-                            k[len(f"blocks.{i}.") :]: v
-                            for k, v in src.items()
-                            if k.startswith(f"blocks.{i}.")
-                        },
-                    )
+                    _inherit_block(block, baseline.blocks[i].state_dict())
                     copied.append(f"blocks.{i}")
         return copied
 
@@ -364,7 +357,7 @@ def _zero_outputs(block: SuperBlock) -> None:
 
 
 def _inherit_block(block: SuperBlock, src: dict[str, torch.Tensor]) -> None:
-    """Copy a baseline block's LayerNorms and leading channels (``src``: its state, unprefixed)."""
+    """Copy a baseline block's LayerNorms and leading channels (``src``: its ``state_dict()``)."""
     for name in ("ln1", "ln2"):
         getattr(block, name).weight.copy_(src[f"{name}.weight"])
         getattr(block, name).bias.copy_(src[f"{name}.bias"])
