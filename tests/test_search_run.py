@@ -368,6 +368,11 @@ def test_a_search_from_a_baseline_starts_from_it_and_validates_on_its_held_out_u
     # the selection was scored on the held-out users only: the others' items were trained on
     assert res.valid == hard_valid(res.model, held, res.choice, MAX_LEN)
     assert res.valid != hard_valid(res.model, ml100k_small, res.choice, MAX_LEN)
+    other = save_checkpoint(tmp_path / "other" / "model.pt", base, "another dataset")
+    with pytest.raises(DnsrecError, match="was trained on dataset"):
+        search(ml100k_small, "flops=30%", tmp_path / "refused", config=_config(), space=space,
+               quiet=True, baseline_checkpoint=other)  # fmt: skip
+    assert not (tmp_path / "refused").exists()  # nothing written for a refused baseline
     plain = search(ml100k_small, "flops=30%", tmp_path / "plain", quiet=True, space=space,
                    config=replace(_config(), inherit=False), baseline_checkpoint=path)  # fmt: skip
     assert plain.model.item_emb.weight.ne(base.item_emb.weight).any()

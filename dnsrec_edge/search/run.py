@@ -288,7 +288,6 @@ def search(
     if budget.relative_to == "baseline":
         base_cost = baseline_cost(cost_model, baseline, budget, target_arg)
     limit, reference = check_budget(table, budget, base_cost)  # fail before any training
-    out = prepare_out_dir(out_dir, force)
     set_threads(config.threads)
     torch.manual_seed(config.seed)
     model = Supernet(space, config.dropout, config.shared_alpha, config.gumbel)
@@ -298,6 +297,7 @@ def search(
     if inherited:  # a trained start: a full learning rate would undo what it inherited
         config = replace(config, lr=config.lr * config.inherit_lr)
     valid_set = validation_users(dataset, holdout)
+    out = prepare_out_dir(out_dir, force)  # after every check of the inputs
     log.info(
         "search on %s: budget %s = %s (%s %s), %d epochs, penalty %s",
         dataset.name,
