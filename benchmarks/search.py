@@ -9,7 +9,8 @@ copy of its data and baseline stages before they start (the pipeline reuses a st
 inputs match), so every budget of a seed is judged against one baseline, and of its supernet
 warm-up, which does not depend on the budget (their searches start after it; the per-seed
 ``warmup_reused`` says so, and their search seconds leave the warm-up out). Finished run folders
-are resumed, not redone. Per budget, ``benchmarks/results/search.json`` gets, under the
+are resumed, not redone; seeds recorded earlier whose run folders are gone stay in the means.
+Per budget, ``benchmarks/results/search.json`` gets, under the
 dataset's name and ``budgets[B]``:
 
 - ``budget``: ``{"kind", "value", "relative_to", ...}``;
@@ -133,12 +134,24 @@ def summarise(budget: str, seeds: list[dict]) -> dict:
     return entry
 
 
-def save(dataset: str, budget: str, seeds: list[dict], note: str) -> None:
-    """Merge the budget's entry into search.json (other datasets and budgets are kept)."""
+def with_recorded(recorded: dict | None, seeds: list[dict]) -> list[dict]:
+    """``seeds`` plus the per-seed figures ``recorded`` (the budget's earlier entry) holds for
+    seeds not run now, sorted by seed: an earlier session's seeds count after their run
+    folders are gone, and a seed run again replaces its old figures."""
+    fresh = {s["seed"] for s in seeds}
+    kept = [s for s in (recorded or {}).get("seeds", []) if s["seed"] not in fresh]
+    return sorted(kept + seeds, key=lambda s: s["seed"])
+
+
+def save(dataset: str, budget: str, seeds: list[dict], note: str) -> list[dict]:
+    """Merge the budget's entry into search.json (other datasets, budgets and seeds are kept);
+    returns every seed the entry now holds."""
     path = RESULTS / "search.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     node = results.setdefault(dataset, {})
-    node.setdefault("budgets", {})[budget] = summarise(budget, seeds)
+    budgets = node.setdefault("budgets", {})
+    seeds = with_recorded(budgets.get(budget), seeds)
+    budgets[budget] = summarise(budget, seeds)
     node["pipeline"] = {
         "command": "dnsrec-edge pipeline --dataset D --budget B --seed S --out runs/D-SLUG-seedS",
         "preset": "full",
@@ -148,6 +161,7 @@ def save(dataset: str, budget: str, seeds: list[dict], note: str) -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
     }
     atomic_write_json(path, results)
+    return seeds
 
 
 def main() -> None:
@@ -163,14 +177,15 @@ def main() -> None:
     for budget in args.budgets:
         parse_budget(budget)  # refuse a bad budget before hours of training
     per_budget: dict[str, list[dict]] = {b: [] for b in args.budgets}
+    recorded: dict[str, list[dict]] = {}
     for seed in args.seeds:
         first = None
         for budget in args.budgets:
             run = run_one(args.dataset, budget, seed, args.threads, first)
             first = first or run
             per_budget[budget].append({"seed": seed, **run_figures(run)})
-            save(args.dataset, budget, per_budget[budget], args.note)
-    for budget, seeds in per_budget.items():
+            recorded[budget] = save(args.dataset, budget, per_budget[budget], args.note)
+    for budget, seeds in recorded.items():
         entry = summarise(budget, seeds)
         print(
             f"{budget}: NDCG@10 {entry['ndcg_ratio_vs_baseline']:.3f}x, "

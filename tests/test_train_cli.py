@@ -66,7 +66,7 @@ def test_train_then_evaluate(slice_csv, tmp_path):
     assert other.output.endswith(
         "not on 'b' ("
         + other.output.split("not on 'b' (")[1].split(")")[0]
-        + "); evaluate it on the dataset (and --min-count) it was trained on\n"
+        + "); use it with the dataset (and --min-count) it was trained on\n"
     )
 
     resumed = run("train", "--dataset", a, "--out", out, "--resume", *TINY)

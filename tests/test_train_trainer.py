@@ -100,7 +100,7 @@ def test_checkpoint_errors(ml100k_small, ml100k, tmp_path):
         load_checkpoint(path, dataset_fingerprint=ml100k.fingerprint, dataset_name="ml-100k")
     assert str(err.value) == (
         f"checkpoint '{path}' was trained on dataset 'ml-100k-small' ({ml100k_small.fingerprint[:12]}…), "
-        f"not on 'ml-100k' ({ml100k.fingerprint[:12]}…); evaluate it on the dataset (and --min-count) it was trained on"
+        f"not on 'ml-100k' ({ml100k.fingerprint[:12]}…); use it with the dataset (and --min-count) it was trained on"
     )
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")

@@ -97,7 +97,7 @@ def load_checkpoint(
         raise CheckpointMismatch(
             f"checkpoint '{path}' was trained on dataset "
             f"'{meta.get('extra', {}).get('dataset_name', '?')}' ({str(payload.get('dataset'))[:12]}…), "
-            f"not on '{dataset_name}' ({dataset_fingerprint[:12]}…); evaluate it on the dataset "
+            f"not on '{dataset_name}' ({dataset_fingerprint[:12]}…); use it with the dataset "
             "(and --min-count) it was trained on"
         )
     model = _build(payload, path)
