@@ -1,8 +1,9 @@
 """Benchmark TVM builds against PyTorch eager and ONNX Runtime on this host (`--target host`).
 
 For the ml-1m baseline SASRec, a small searched subnet, a gated subnet, the README pipeline's
-ml-100k-sized baseline and a SASRec ONNX file this toolkit did not write (``torch.onnx.export``,
-``dynamo=False``), at batch 1 and 64: latency medians measured side by side in one interleaved
+ml-100k-sized baseline, a SASRec ONNX file this toolkit did not write (``torch.onnx.export``,
+``dynamo=False``) and the baseline and subnet of ``benchmarks/search.py``'s ml-1m runs, at batch
+1 and 64: latency medians measured side by side in one interleaved
 run per thread count (TVM and ONNX Runtime on the same ONNX file with the same thread count,
 ONNX Runtime's ``intra_op_num_threads``), the per-kernel profile of both (TVM: the VM call
 instrument, ONNX Runtime: its own profiler), compile (and, with ``--trials``, tuning) time,
@@ -60,6 +61,10 @@ MODELS = {
     # the README's default pipeline baseline (ml-100k sized): 1 head of 64, FFN 64, max_len 50
     "pipeline_baseline": ArchSpec(1349, 50, 64, (BlockSpec(1, 64, 64), BlockSpec(1, 64, 64))),
     "foreign": "foreign",  # ForeignSASRec below, exported by torch.onnx.export directly
+    # the models of benchmarks/search.py's ml-1m runs (benchmarks/results/search.json): the full
+    # preset's baseline (1 head of 64, FFN 64) and the subnet picked at latency=50%, seed 0
+    "run_baseline": ArchSpec(3416, 200, 64, (BlockSpec(1, 64, 64), BlockSpec(1, 64, 64))),
+    "run_subnet": ArchSpec(3416, 200, 64, (BlockSpec(4, 16, 64, gate_hidden=16),)),
 }
 QUICK = {"tiny": ArchSpec(500, 50, 32, (BlockSpec(2, 16, 64), BlockSpec(2, 16, 64)))}
 
