@@ -264,3 +264,15 @@ def test_the_item_table_is_stored_once_in_a_build(tmp_path):
     art = compile_model(path, "x86_64", tmp_path / "art", quiet=True)  # checked against ORT
     table_bytes = (arch.n_items + 1) * arch.hidden * 4
     assert art.library.stat().st_size < 1.5 * table_bytes  # lookup and scoring share it
+
+
+def test_a_table_under_a_mebibyte_keeps_its_own_copy_for_the_lookup(tmp_path):
+    from dnsrec_edge.compile.rewrites import SHARE_MIN_BYTES
+
+    torch.manual_seed(2)
+    arch = ArchSpec(5000, 8, 32, (BlockSpec(1, 32, 32),))
+    table_bytes = (arch.n_items + 1) * arch.hidden * 4
+    assert table_bytes < SHARE_MIN_BYTES
+    path = export_onnx(SASRec(arch).eval(), tmp_path / "small.onnx", batch=1)
+    art = compile_model(path, "x86_64", tmp_path / "art", quiet=True)  # checked against ORT
+    assert art.library.stat().st_size > 1.9 * table_bytes  # a row-major copy and the scoring's
