@@ -3,9 +3,9 @@
 For the ml-1m baseline SASRec, a small searched subnet, a gated subnet, the README pipeline's
 ml-100k-sized baseline, a SASRec ONNX file this toolkit did not write (``torch.onnx.export``,
 ``dynamo=False``) and the baseline and subnet of ``benchmarks/search.py``'s ml-1m runs, at batch
-1 and 64: latency medians measured side by side in one interleaved
-run per thread count (TVM and ONNX Runtime on the same ONNX file with the same thread count,
-ONNX Runtime's ``intra_op_num_threads``), the per-kernel profile of both (TVM: the VM call
+1 and 64: latency medians measured side by side in one interleaved run per thread count (TVM
+and ONNX Runtime on the same ONNX file with the same thread count, ONNX Runtime's
+``intra_op_num_threads``), the per-kernel profile of both (TVM: the VM call
 instrument, ONNX Runtime: its own profiler), compile (and, with ``--trials``, tuning) time,
 and a check that TVM's scores match ONNX Runtime's on the benchmark inputs. Writes
 benchmarks/results/compile.json.

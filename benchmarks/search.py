@@ -10,8 +10,8 @@ inputs match), so every budget of a seed is judged against one baseline, and of 
 warm-up, which does not depend on the budget (their searches start after it; the per-seed
 ``warmup_reused`` says so, and their search seconds leave the warm-up out). Finished run folders
 are resumed, not redone; seeds recorded earlier whose run folders are gone stay in the means.
-Per budget, ``benchmarks/results/search.json`` gets, under the
-dataset's name and ``budgets[B]``:
+Per budget, ``benchmarks/results/search.json`` gets, under the dataset's name and
+``budgets[B]``:
 
 - ``budget``: ``{"kind", "value", "relative_to", ...}``;
 - the mean over seeds of the subnet's test HR@10 / NDCG@10 / MRR@10 (``full`` and ``pop100``),
@@ -39,6 +39,7 @@ from pathlib import Path
 
 from pipeline_runs import METRICS, RUNTIMES, run_figures, stats  # beside this script
 
+from dnsrec_edge.errors import BudgetError
 from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.search.budget import parse_budget
 
@@ -175,7 +176,10 @@ def main() -> None:
     parser.add_argument("--note", default="", help="how the machine was shared during the runs")
     args = parser.parse_args()
     for budget in args.budgets:
-        parse_budget(budget)  # refuse a bad budget before hours of training
+        try:
+            parse_budget(budget)  # refuse a bad budget before hours of training
+        except BudgetError as err:
+            parser.error(str(err))
     per_budget: dict[str, list[dict]] = {b: [] for b in args.budgets}
     recorded: dict[str, list[dict]] = {}
     for seed in args.seeds:
