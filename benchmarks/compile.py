@@ -208,18 +208,19 @@ def bench_model(name, arch, batches, tuning: dict, work: Path, rounds: int, thre
             )
             dvm, tvm_ = default.load_vm(), tuned.load_vm()
             xi = tvm.runtime.tensor(x, tvm.cpu())
+            dw, tw = default.weights(), tuned.weights()  # weight files, if the build has any
             ref = session.run(None, {"item_seq": x})[0]
-            match = _match(dvm["main"](xi).numpy(), ref)
+            match = _match(dvm["main"](xi, *dw).numpy(), ref)
             fns = {
                 "ort": lambda s=session, x=x: s.run(None, {"item_seq": x}),
-                "tvm_default": lambda vm=dvm, xi=xi: vm["main"](xi),
+                "tvm_default": lambda vm=dvm, xi=xi, w=dw: vm["main"](xi, *w),
             }
             if tuned is not default:
-                fns["tvm_tuned"] = lambda vm=tvm_, xi=xi: vm["main"](xi)
+                fns["tvm_tuned"] = lambda vm=tvm_, xi=xi, w=tw: vm["main"](xi, *w)
             per_threads[threads] = interleaved_medians(fns, rounds, per)
             prof_vm = VirtualMachine(tvm.runtime.load_module(str(default.library)), tvm.cpu())
             profiles[str(threads)] = {
-                "tvm_default": profile_tvm(prof_vm, x, threads).to_dict(8),
+                "tvm_default": profile_tvm(prof_vm, x, threads, weights=tuple(dw)).to_dict(8),
                 "onnxruntime": profile_onnxruntime(onnx_path, x, threads).to_dict(8),
             }
         best = min(per_threads, key=lambda t: per_threads[t]["tvm_default"])

@@ -101,11 +101,11 @@ def bench_model(name: str, ckpt: Path, dataset, work: Path, args) -> dict:
         session = ort.InferenceSession(
             str(paths[precision]), options, providers=["CPUExecutionProvider"]
         )
-        vm = arts[precision].load_vm(args.threads)
+        vm, w = arts[precision].load_vm(args.threads), arts[precision].weights()
         fns[f"ort_{precision}"] = lambda s=session: s.run(
             ["scores"], {"item_seq": rows[(i := pick()) : i + 1]}
         )
-        fns[f"tvm_{precision}"] = lambda vm=vm: vm["main"](inputs[pick()])
+        fns[f"tvm_{precision}"] = lambda vm=vm, w=w: vm["main"](inputs[pick()], *w)
     times = interleaved(fns, args.rounds, args.per_round)
     out: dict = {}
     for precision in ("fp32", "int8"):
