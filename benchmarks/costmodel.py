@@ -152,7 +152,7 @@ def main() -> None:
     records = load_records(facts.name, args.calibration_dir)
     chosen, note = select_records(records)
     model = CalibratedModel.prior(facts).fit(records, seed=args.seed)
-    data = fit_data(chosen, model.statistic, model.cache_mb)
+    data = fit_data(chosen, model.statistic, model.cache_mb, model.lanes)
     result = {
         "target": facts.name,
         "board": model.meta["board"],

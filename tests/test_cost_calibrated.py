@@ -8,12 +8,13 @@ import random
 import numpy as np
 import pytest
 
-from dnsrec_edge.cost.analysis import analyze
+from dnsrec_edge.cost.analysis import MatMul, analyze
 from dnsrec_edge.cost.calibrated import (
     FEATURES,
     MIN_RECORDS,
     CalibratedModel,
     TargetFacts,
+    built_columns,
     error_stats,
     features,
     load_cost_model,
@@ -179,6 +180,51 @@ def test_a_model_fitted_before_stream_gb_existed_still_loads(tmp_path):
     assert loaded.predict(arch).latency_ms > 0
 
 
+@pytest.mark.parametrize(
+    ("op", "n", "lanes", "built"),
+    [
+        ("scoring", 3416, 16, (3424, True)),  # a constant weight: whole 32-column tiles
+        ("ffn", 208, 16, (224, True)),
+        ("ffn", 48, 16, (48, False)),  # under two tiles: whole vectors already
+        ("ffn", 40, 16, (64, False)),  # the matmul schedule pads it to two vectors
+        ("attn_scores", 200, 16, (224, False)),  # activations: padded in the schedule only
+        ("attn_scores", 200, 8, (200, False)),  # whole vectors already
+        ("attn_scores", 50, 8, (64, False)),
+        ("attn_scores", 50, 4, (56, False)),
+        ("attn_v", 16, 16, (16, False)),
+        ("scoring", 3416, 0, (3416, False)),  # a model fitted before the builds padded
+    ],
+)
+def test_matmul_columns_are_counted_as_the_build_pads_them(op, n, lanes, built):
+    assert built_columns(MatMul(op, 1, 1, n, 64), lanes) == built
+
+
+def test_a_padded_build_runs_scoring_over_an_odd_catalogue_in_vectors():
+    arch = ArchSpec.uniform(1349, 50, 64, depth=1)
+    work = analyze(arch, 1, arch.max_len)
+    plain, padded = features(work, 8.0), features(work, 8.0, lanes=16)
+    assert plain["gemv_scalar_gflop"] > 0 and padded["gemv_scalar_gflop"] == 0
+    assert padded["gemv_gflop"] > plain["gemv_gflop"]  # over 1,376 padded columns
+    assert padded["kernels"] == plain["kernels"] + 1  # the slice that cuts the padding off
+
+
+def test_models_count_columns_as_their_builds_did(tmp_path):
+    facts = TargetFacts.of("x86_64-avx512")
+    assert facts.lanes == 16 and TargetFacts.of("cuda").lanes == 0
+    assert CalibratedModel.prior(facts).lanes == 16  # a prior describes today's builds
+    fitted = CalibratedModel.prior(FACTS).fit(synthetic_records(20))
+    assert fitted.lanes == FACTS.lanes == 0
+    lab = TargetFacts("lab-board", 100.0, 10.0, 5.0, 30.0, lanes=8)
+    model = CalibratedModel.prior(lab).fit(synthetic_records(20))
+    d = model.to_dict()
+    assert d["lanes"] == 8 and CalibratedModel.from_dict(d, lab).lanes == 8
+    del d["lanes"]  # a model file written before the builds padded
+    old = CalibratedModel.from_dict(d, lab)
+    assert old.lanes == 0
+    arch = ArchSpec.uniform(1349, 50, 64, depth=1)
+    assert old.predict(arch).latency_ms != model.predict(arch).latency_ms
+
+
 def test_too_few_records_says_how_many_are_needed():
     with pytest.raises(
         CalibrationError, match=f"at least {MIN_RECORDS} measured architectures.*found 3"
@@ -192,7 +238,23 @@ def test_other_boards_are_left_out_of_the_fit():
     )
     model = CalibratedModel.prior(FACTS).fit(records)
     assert len(model.meta["records"]) == 14
-    assert "12 record(s) of other boards or builds" in model.meta["note"]
+    assert "12 record(s) of other boards, builds or older libraries" in model.meta["note"]
+
+
+def test_an_architecture_measured_again_on_a_new_build_is_fitted_on_the_new_one():
+    old = synthetic_records(20, seed=3)  # measured when the builds were slower
+    for r in old:
+        r["latency_ms"] = {k: 2 * v for k, v in r["latency_ms"].items()}
+    new = [
+        r | {"artifact_sha256": f"new-{i}", "time": "2025-02-01T00:00:00"}
+        for i, r in enumerate(synthetic_records(20, seed=3))
+    ]
+    model = CalibratedModel.prior(FACTS).fit(old + new)
+    assert len(model.meta["records"]) == 20
+    assert "20 record(s) of other boards, builds or older libraries" in model.meta["note"]
+    assert model.meta["heldout"]["within10"] >= 0.9  # the old, slower figures would not fit
+    arch = arch_of(new[0])
+    assert model.predict(arch).latency_ms == pytest.approx(new[0]["latency_ms"]["min"])
 
 
 def test_model_file_round_trip_and_exact_lookup(tmp_path):

@@ -77,6 +77,21 @@ def test_tvm_accepts_every_target_dict():
             assert built.host is not None
 
 
+def test_each_target_knows_its_vector_lanes_without_tvm():
+    lanes = {t.name: t.vector_lanes for t in list_targets()}
+    assert lanes["x86_64"] == 4 and lanes["x86_64-avx2"] == 8 and lanes["x86_64-avx512"] == 16
+    assert lanes["arm64"] == lanes["rpi4"] == 4 and lanes["cuda"] == 0
+
+
+def test_the_schedules_tile_for_the_lanes_the_target_file_names():
+    pytest.importorskip("tvm")
+    from dnsrec_edge.compile.schedules import vector_lanes
+
+    for t in list_targets():
+        if t.device == "cpu":
+            assert vector_lanes(t.tvm_target()) == t.vector_lanes, t.name
+
+
 def test_unknown_target_lists_known_and_suggests():
     with pytest.raises(UnknownTarget) as err:
         load_target("arm46")

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from dnsrec_edge.cost.calibrate import CalibrationResult, check_model_file, fit_records
-from dnsrec_edge.cost.calibrated import TargetFacts, lookup_key
-from dnsrec_edge.cost.records import board_key, load_records
+from dnsrec_edge.cost.calibrated import TargetFacts
+from dnsrec_edge.cost.records import board_key, duplicate_key, load_records
 from dnsrec_edge.cost.sampling import SearchSpace, sample_archs
 from dnsrec_edge.errors import CalibrationError, CompileError, OutputMismatch
 from dnsrec_edge.models.archspec import ArchSpec
@@ -60,8 +60,9 @@ def calibrate(
     Exactly one of ``local``, ``rpc`` ("host:port") or ``tracker`` ("host:port", with
     ``key``) says where to measure, unless ``refit``. Each architecture is measured in
     ``rounds`` interleaved rounds of ``REPEAT`` single calls, with ``threads`` TVM threads
-    (default: the target's, capped at the board's cores). Measurements already in the store
-    for the same board are not repeated, so an interrupted run resumes where it stopped.
+    (default: the target's, capped at the board's cores). A library already measured on the
+    same board (same sha256) is not measured again, so an interrupted run resumes where it
+    stopped, while builds of a newer toolkit's schedules are measured anew.
     The model fits ``statistic`` ("min" or "median") of each measurement.
     """
     facts = TargetFacts.of(target)
@@ -122,14 +123,15 @@ def measure_architecture(
     name = TargetFacts.of(target).name
     where = {"rpc": rpc, "tracker": tracker, "key": key, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="dnsrec-measure-") as tmp:
-        path = _compile_arch(arch, name, Path(tmp), seed)
+        path, _sha = _compile_arch(arch, name, Path(tmp), seed)
         reports = [_bench(path, where, calibration_dir) for _ in range(rounds)]
     values = [r.boards[0].latency_ms()[statistic] for r in reports]
     return min(values) if statistic == "min" else statistics.median(values)
 
 
-def _compile_arch(arch: ArchSpec, target: str, folder: Path, seed: int) -> Path:
-    """Export a random-weight SASRec of ``arch`` and compile it (default build); the artifact."""
+def _compile_arch(arch: ArchSpec, target: str, folder: Path, seed: int) -> tuple[Path, str]:
+    """Export a random-weight SASRec of ``arch`` and compile it (default build): the artifact's
+    folder and its library's sha256 (the same code, weights and build give the same one)."""
     import torch
 
     from dnsrec_edge.compile.build import compile as compile_onnx
@@ -141,7 +143,7 @@ def _compile_arch(arch: ArchSpec, target: str, folder: Path, seed: int) -> Path:
     artifact = compile_onnx(
         onnx_path, target=target, out_dir=folder / "artifact", batch=1, tune=False, quiet=True
     )
-    return Path(artifact.path)
+    return Path(artifact.path), artifact.sha256
 
 
 def _bench(path: Path, where: dict[str, Any], calibration_dir: str | Path | None):
@@ -168,32 +170,31 @@ def _measure(archs, target: str, where: dict[str, Any], *, rounds, calibration_d
     measurements of one artifact on one board are merged). ``benchmark`` appends every
     measurement to the store as it finishes, so an interrupted run loses nothing.
     """
+    # measurements per (library sha256, board): a build of other code (a newer toolkit's
+    # schedules) is measured again, the same build is not (an interrupted run resumes)
     counts: dict[tuple[str, str], int] = {}
     for record in load_records(target, calibration_dir, warn=False):
-        if record.get("arch"):
-            k = (
-                lookup_key(record["arch"], record["batch"], record["seq_len"]),
-                board_key(record.get("device")),
-            )
-            counts[k] = counts.get(k, 0) + 1
+        k = duplicate_key(record)
+        counts[k] = counts.get(k, 0) + 1
     board = None
     measured, skipped, failed = 0, 0, []
     with tempfile.TemporaryDirectory(prefix="dnsrec-calibrate-") as tmp:
         artifacts = []
         for i, arch in enumerate(track(archs, f"compiling for {target}", quiet=quiet)):
             try:
-                path = _compile_arch(arch, target, Path(tmp) / f"arch{i:03d}", seed * 100003 + i)
+                path, sha = _compile_arch(
+                    arch, target, Path(tmp) / f"arch{i:03d}", seed * 100003 + i
+                )
             except (CompileError, OutputMismatch) as err:
                 failed.append(f"{_describe(arch)}: {err}")
                 log.warning("architecture %d (%s) failed: %s", i, _describe(arch), err)
                 continue
-            artifacts.append((arch, path))
+            artifacts.append((arch, path, sha))
         for r in range(rounds):
-            for arch, path in track(
+            for arch, path, sha in track(
                 artifacts, f"measuring, round {r + 1} of {rounds}", quiet=quiet
             ):
-                arch_key = lookup_key(arch, 1, arch.max_len)
-                if board is not None and counts.get((arch_key, board), 0) > r:
+                if board is not None and counts.get((sha, board), 0) > r:
                     skipped += r == 0
                     continue
                 try:

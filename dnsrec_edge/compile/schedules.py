@@ -32,6 +32,8 @@ from tvm.s_tir.schedule import ScheduleError
 from tvm.target import Target
 from tvm.tirx.analysis import undefined_vars
 
+from dnsrec_edge.compile import targets
+
 log = logging.getLogger(__name__)
 
 # Below this many multiply-adds (matmul) or elements x 4 (others) a kernel runs on one thread.
@@ -44,29 +46,19 @@ def _extent(sch: s_tir.Schedule, loop) -> int | None:
     return int(ext) if isinstance(ext, tirx.IntImm) else None
 
 
-# SIMD width by -mcpu where the LLVM query cannot tell: TVM 0.27's ``llvm_get_vector_width``
-# answers 512 for every x86-64 CPU, SSE-only ones included, which makes SSE builds use
-# 16-lane register tiles that spill.
-_X86_512 = ("x86-64-v4", "skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake",
-            "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5", "rocketlake")  # fmt: skip
-_X86_256 = ("x86-64-v3", "haswell", "broadwell", "skylake", "alderlake", "raptorlake",
-            "znver1", "znver2", "znver3", "bdver", "btver2", "sandybridge", "ivybridge")  # fmt: skip
-
-
 def simd_bits(target: Target) -> int:
-    """Width in bits of the vector registers ``target`` has (128 when unknown)."""
+    """Width in bits of the vector registers ``target`` has (128 when unknown): what its
+    ``mtriple``, ``mcpu`` and ``mattr`` say (``compile.targets.simd_bits``), else LLVM's answer."""
     attrs = target.attrs
-    mattr = [str(m) for m in attrs.get("mattr", [])]
-    mcpu = str(attrs.get("mcpu", "") or "")
-    triple = str(attrs.get("mtriple", "") or "")
-    if triple.startswith("x86_64") or mcpu.startswith(("x86-64", "znver", "skylake")):
-        if "+avx512f" in mattr or mcpu.startswith(_X86_512):
-            return 512
-        if "+avx2" in mattr or "+avx" in mattr or mcpu.startswith(_X86_256):
-            return 256
-        return 128
-    if triple.startswith("aarch64") or triple.startswith("arm"):
-        return 128  # NEON (SVE code is not generated: scalable vectors are not used here)
+    named = targets.simd_bits(
+        {
+            "mattr": [str(m) for m in attrs.get("mattr", [])],
+            "mcpu": str(attrs.get("mcpu", "") or ""),
+            "mtriple": str(attrs.get("mtriple", "") or ""),
+        }
+    )
+    if named is not None:
+        return named
     from tvm.target.codegen import llvm_get_vector_width
 
     width = llvm_get_vector_width(target)

@@ -12,6 +12,7 @@ import difflib
 import os
 import shutil
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ AUTO = "auto"  # `threads = "auto"`: the board's usable cores
 AUTO_THREADS_ELSEWHERE = 4  # an auto preset's threads when it is not this machine's arch
 ARCHES = ("x86_64", "aarch64", "riscv64")
 DEVICES = ("cpu", "cuda")
+# SIMD width by -mcpu where the LLVM query cannot tell: TVM 0.27's ``llvm_get_vector_width``
+# answers 512 for every x86-64 CPU, SSE-only ones included, which makes SSE builds use
+# 16-lane register tiles that spill.
+_X86_512 = ("x86-64-v4", "skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake",
+            "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5", "rocketlake")  # fmt: skip
+_X86_256 = ("x86-64-v3", "haswell", "broadwell", "skylake", "alderlake", "raptorlake",
+            "znver1", "znver2", "znver3", "bdver", "btver2", "sandybridge", "ivybridge")  # fmt: skip
 _REQUIRED = (
     "name", "description", "arch", "device", "threads", "rpc_key", "peak_gflops",
     "mem_gbps", "idle_watts", "active_watts", "tvm", "sources",
@@ -65,6 +73,11 @@ class Target:
         if "num-cores" in tvm_dict or self.device == "cpu":
             tvm_dict["num-cores"] = int(threads)
         return replace(self, threads=int(threads), tvm=tvm_dict, threads_auto=False)
+
+    @property
+    def vector_lanes(self) -> int:
+        """float32 SIMD lanes of this target's CPU builds (0 for GPU targets)."""
+        return vector_lanes(self.tvm, self.device)
 
     def tvm_target(self):
         """The ``tvm.target.Target`` (with its host for GPU targets)."""
@@ -115,6 +128,31 @@ class Target:
             "requested": self.requested,
             "features": list(self.features),
         }
+
+
+def simd_bits(tvm: Mapping[str, Any]) -> int | None:
+    """Width in bits of the vector registers an LLVM target dict names (``mtriple``, ``mcpu``,
+    ``mattr``): 512, 256 or 128 on x86-64, 128 (NEON) on Arm; None when the dict does not say."""
+    mattr = [str(m) for m in tvm.get("mattr") or ()]
+    mcpu = str(tvm.get("mcpu") or "")
+    triple = str(tvm.get("mtriple") or "")
+    if triple.startswith("x86_64") or mcpu.startswith(("x86-64", "znver", "skylake")):
+        if "+avx512f" in mattr or mcpu.startswith(_X86_512):
+            return 512
+        if "+avx2" in mattr or "+avx" in mattr or mcpu.startswith(_X86_256):
+            return 256
+        return 128
+    if triple.startswith(("aarch64", "arm")):
+        return 128  # NEON (SVE code is not generated: scalable vectors are not used here)
+    return None
+
+
+def vector_lanes(tvm: Mapping[str, Any], device: str = "cpu") -> int:
+    """float32 SIMD lanes the default CPU schedules tile for (at least 4; 128-bit vectors when
+    the dict does not say); 0 for GPU targets, whose kernels are not padded to vectors."""
+    if device != "cpu" or tvm.get("kind") != "llvm":
+        return 0
+    return max((simd_bits(tvm) or 128) // 32, 4)
 
 
 def _parse(path: Path) -> Target:

@@ -14,7 +14,13 @@ follow what makes a batch-1 call take time on a CPU with the toolkit's TVM build
   their weights and cost more per FLOP than many-row ``gemm``. Scalar kernels above
   ``PARALLEL_MIN_MACS`` go through the thread pool, which the compiler's schedule handles
   worse again, so they have their own feature. The scoring layer's N is the item count:
-  an odd item count makes scoring scalar, which can dominate a small model's latency;
+  an odd item count makes scoring scalar, which can dominate a small model's latency.
+  A model of today's CPU builds (``lanes`` > 0) counts each matmul's columns as the build
+  computes them: a constant weight whose N is not a whole number of two-vector tiles is
+  padded to one at compile time (``compile/rewrites.py``, plus one slice kernel), and any
+  other N that is not whole vectors (the attention scores over 50 or 200 keys) is padded by
+  the matmul schedule; so those kernels run in vector tiles over the padded columns, not
+  scalar. Model files fitted before the builds padded lack ``lanes`` and keep the old count;
 - ``softmax_par_gflop`` (softmax-class kernels big enough to run in the thread pool) and
   ``other_gflop`` (every other elementwise FLOP: masks, LayerNorm, gates, residuals);
 - ``stream_gb``: the bytes of every weight matrix too large for the board's cache (in
@@ -56,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from dnsrec_edge import __version__
-from dnsrec_edge.cost.analysis import Work, analyze
+from dnsrec_edge.cost.analysis import MatMul, Work, analyze
 from dnsrec_edge.cost.model import Cost
 from dnsrec_edge.cost.records import (
     MODEL_FILE,
@@ -124,25 +130,51 @@ def _tile_class(n: int) -> tuple[str, int]:
     return "scalar", 1
 
 
-def features(work: Work, cache_mb: float = DEFAULT_CACHE_MB) -> dict[str, float]:
+def built_columns(mm: MatMul, lanes: int) -> tuple[int, bool]:
+    """``(columns, sliced)``: the output columns ``mm`` runs over in a CPU build with ``lanes``
+    float32 lanes (0: as in the ONNX file), and whether a slice kernel cuts the padding off.
+
+    A constant weight (every matmul but the attention's) whose N is at least two tiles of two
+    vectors and not a whole number of such tiles is padded to one at compile time
+    (``rewrites.pad_constant_matmul_pass``); any N left that is not whole vectors is padded by
+    the matmul schedule (``schedules._schedule_matmul``) to two vectors (one below that)."""
+    n, sliced = mm.n, False
+    if not lanes:
+        return n, sliced
+    tile = 2 * lanes
+    if mm.op not in ATTENTION_MATMULS and n % tile and n >= 2 * tile:
+        n, sliced = -(-n // tile) * tile, True
+    if n % lanes and n >= lanes:
+        width = tile if n >= tile else lanes
+        n = -(-n // width) * width
+    return n, sliced
+
+
+def features(work: Work, cache_mb: float = DEFAULT_CACHE_MB, lanes: int = 0) -> dict[str, float]:
     """Model features of one ``predict`` call's work (see the module docstring); weights
-    larger than ``cache_mb`` count as streamed from memory."""
+    larger than ``cache_mb`` count as streamed from memory; ``lanes`` > 0 counts matmul
+    columns as a CPU build with that many float32 lanes pads them (:func:`built_columns`)."""
     out = dict.fromkeys(FEATURES, 0.0)
     out["overhead"] = 1.0
     out["kernels"] = float(work.kernels)
+    streamed = 0.0
     for mm in work.matmuls:
+        n, sliced = built_columns(mm, lanes)
+        out["kernels"] += sliced
         shape = "gemv" if mm.m == 1 else "gemm"
-        tile, weight = _tile_class(mm.n)
+        tile, weight = _tile_class(n)
+        gflop = mm.flops * n / mm.n / 1e9
         if tile == "scalar":
             par = "_par" if mm.macs >= PARALLEL_MIN_MACS else ""
-            out[f"{shape}_scalar{par}_gflop"] += mm.flops / 1e9
+            out[f"{shape}_scalar{par}_gflop"] += gflop
         else:
-            out[f"{shape}{tile}_gflop"] += weight * mm.flops / 1e9
+            out[f"{shape}{tile}_gflop"] += weight * gflop
+        if mm.op not in ATTENTION_MATMULS and 4 * mm.k * n > cache_mb * 1e6:
+            streamed += 4 * mm.k * n / 1e9
     par_rows = sum(r.flops for r in work.row_kernels if 4 * r.elements >= PARALLEL_MIN_MACS)
     out["softmax_par_gflop"] = par_rows / 1e9
     out["other_gflop"] = (work.flops - work.matmul_flops - par_rows) / 1e9
-    weights = [4 * mm.k * mm.n for mm in work.matmuls if mm.op not in ATTENTION_MATMULS]
-    out["stream_gb"] = sum(b for b in weights if b > cache_mb * 1e6) / 1e9
+    out["stream_gb"] = streamed
     return out
 
 
@@ -162,15 +194,16 @@ class TargetFacts:
     mem_gbps: float
     idle_watts: float
     active_watts: float
+    lanes: int = 0  # float32 SIMD lanes of its CPU builds (0: a GPU, or not known)
 
     @classmethod
     def of(cls, target: Any) -> TargetFacts:
         """From a ``Target``, a target name or alias (read from ``targets/``), or a dict."""
         if isinstance(target, TargetFacts):
             return target
-        if isinstance(target, str):
-            from dnsrec_edge.compile.targets import load_target  # data only; no TVM import
+        from dnsrec_edge.compile.targets import load_target, vector_lanes  # data; no TVM
 
+        if isinstance(target, str):
             target = load_target(target)
         get = target.get if isinstance(target, dict) else lambda k: getattr(target, k)
         return cls(
@@ -179,6 +212,7 @@ class TargetFacts:
             float(get("mem_gbps")),
             float(get("idle_watts")),
             float(get("active_watts")),
+            vector_lanes(get("tvm") or {}, get("device") or "cpu"),
         )
 
 
@@ -251,17 +285,22 @@ class FitData:
     energy: np.ndarray  # (n,) mJ, NaN where no measured energy
     gflop: np.ndarray  # (n,) total GFLOPs, for the FLOPs-only comparison
     works: list[Work] = field(default_factory=list)  # each record's analysed work
+    lanes: int = 0  # the build's float32 lanes the features count padded columns with
 
     def with_cache(self, cache_mb: float) -> FitData:
         """The same records with features for another cache size (no re-analysis)."""
-        rows = [[features(w, cache_mb)[f] for f in FEATURES] for w in self.works]
+        rows = [[features(w, cache_mb, self.lanes)[f] for f in FEATURES] for w in self.works]
         return replace(self, x=np.array(rows, dtype=float).reshape(-1, len(FEATURES)))
 
 
 def fit_data(
-    records: list[dict[str, Any]], statistic: str = "min", cache_mb: float = DEFAULT_CACHE_MB
+    records: list[dict[str, Any]],
+    statistic: str = "min",
+    cache_mb: float = DEFAULT_CACHE_MB,
+    lanes: int = 0,
 ) -> FitData:
-    """Merge duplicates and build features; records without an ArchSpec or the statistic are left out."""
+    """Merge duplicates and build features (matmul columns as a build with ``lanes`` pads
+    them); records without an ArchSpec or the statistic are left out."""
     usable, works = [], []
     for record in merge_duplicates(records, statistic):
         value = (record.get("latency_ms") or {}).get(statistic)
@@ -283,6 +322,7 @@ def fit_data(
         np.array(energy, dtype=float),
         np.array([w.flops / 1e9 for w in works], dtype=float),
         works,
+        lanes,
     )
     return data.with_cache(cache_mb)
 
@@ -357,6 +397,9 @@ class CalibratedModel:
     statistic: str = "min"  # which latency figure of a measurement the model predicts
     cache_mb: float = DEFAULT_CACHE_MB  # weights larger than this are streamed (stream_gb)
     meta: dict[str, Any] = field(default_factory=dict)
+    # the float32 lanes the builds it describes pad matmul columns with (``built_columns``);
+    # 0 for a model file fitted before the builds padded, which lacks the key
+    lanes: int = 0
 
     @classmethod
     def prior(cls, target: Any) -> CalibratedModel:
@@ -367,6 +410,7 @@ class CalibratedModel:
             facts,
             prior_coefficients(facts),
             kind="prior",
+            lanes=facts.lanes,
             meta={
                 "note": "roofline prior from the target's peak_gflops, mem_gbps, "
                 "active_watts; no measurements"
@@ -388,7 +432,7 @@ class CalibratedModel:
         work = analyze(arch, self.batch, self.seq_len)
         seq_len = self.seq_len or arch.max_len
         exact = self.lookup.get(lookup_key(arch, self.batch, seq_len))
-        feats = features(work, self.cache_mb)
+        feats = features(work, self.cache_mb, self.lanes)
         latency = exact["latency_ms"] if exact else self.latency_ms(feats)
         if exact and exact.get("energy_mj"):
             energy = exact["energy_mj"]
@@ -410,7 +454,8 @@ class CalibratedModel:
         """A measured model fitted on ``records`` of the latest board, with held-out errors.
 
         Records of one board and one build (tuned or not, thread count) are fitted together:
-        the board of the newest record and its most common build. ``statistic`` (default:
+        the board of the newest record and its most common build, whose matmul columns are
+        counted as the target's builds pad them today. ``statistic`` (default:
         this model's) is the latency figure fitted, ``min`` or ``median``; repeat measurements
         of an artifact count once, with the median of their figures. Needs at least
         ``MIN_RECORDS`` distinct measured architectures, or one with a ``start`` model (an
@@ -429,7 +474,7 @@ class CalibratedModel:
         )
         needed = MIN_RECORDS if start is None else 1
         preferred = start.cache_mb if start else self.cache_mb
-        data = fit_data(chosen, statistic, preferred)
+        data = fit_data(chosen, statistic, preferred, self.facts.lanes)
         n = len(data.latency)
         if n < needed:
             raise CalibrationError(
@@ -490,6 +535,7 @@ class CalibratedModel:
             kind="measured",
             statistic=statistic,
             cache_mb=cache_mb,
+            lanes=self.facts.lanes,
             coefficients=dict(zip(FEATURES, coef.tolist(), strict=True)),
             energy_coefficients=energy_coef,
             lookup=lookup,
@@ -521,7 +567,10 @@ class CalibratedModel:
         if self.meta.get("start"):
             st = self.meta["start"]
             lines.append(f"  started from the model of '{st['target']}' ({st.get('board')})")
-        lines.append(f"  latency_ms = sum of (weights over {self.cache_mb:g} MB count as streamed)")
+        padded = f", matmul columns padded to {self.lanes}-lane vectors" if self.lanes else ""
+        lines.append(
+            f"  latency_ms = sum of (weights over {self.cache_mb:g} MB count as streamed{padded})"
+        )
         lines += [f"    {self.coefficients[f]:10.4g} {UNITS[f]:<12} x {f}" for f in FEATURES]
         if self.energy_coefficients is None:
             lines.append(f"  energy_mj = {self.facts.active_watts:g} W x latency_ms (power prior)")
@@ -542,6 +591,7 @@ class CalibratedModel:
             "seq_len": self.seq_len,
             "statistic": self.statistic,
             "cache_mb": self.cache_mb,
+            "lanes": self.lanes,
             "features": list(FEATURES),
             "units": UNITS,
             "coefficients": self.coefficients,
@@ -601,6 +651,7 @@ class CalibratedModel:
         known = {
             "statistic",
             "cache_mb",
+            "lanes",
             "schema",
             "kind",
             "target",
@@ -630,6 +681,7 @@ class CalibratedModel:
             seq_len=d.get("seq_len"),
             statistic=str(d.get("statistic", "min")),
             cache_mb=float(d.get("cache_mb", DEFAULT_CACHE_MB)),
+            lanes=facts.lanes if kind == "prior" else int(d.get("lanes", 0)),
             meta={k: v for k, v in d.items() if k not in known},
         )
 
@@ -678,7 +730,9 @@ def _lookup_table(data: FitData) -> dict[str, dict[str, float]]:
 def select_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
     """Records of the newest record's board and its most common build, and a note.
 
-    A build is (tuned or not, thread count): records of other builds time other code.
+    A build is (tuned or not, thread count): records of other builds time other code. An
+    architecture measured as several libraries (the toolkit's schedules changed between the
+    measurements) keeps those of its newest library only.
     """
     if not records:
         return [], ""
@@ -688,9 +742,28 @@ def select_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
     builds = Counter(_build(r) for r in same)
     build = max(builds, key=lambda b: (builds[b], b == _build(newest)))
     chosen = [r for r in same if _build(r) == build]
+    latest: dict[str, dict[str, Any]] = {}  # architecture -> its newest record
+    for r in chosen:
+        key = _measured_shape(r)
+        if key not in latest or str(r.get("time", "")) > str(latest[key].get("time", "")):
+            latest[key] = r
+    chosen = [
+        r
+        for r in chosen
+        if not r.get("arch")
+        or r.get("artifact_sha256") == latest[_measured_shape(r)].get("artifact_sha256")
+    ]
     left = len(records) - len(chosen)
-    note = f"; {left} record(s) of other boards or builds left out" if left else ""
+    note = f"; {left} record(s) of other boards, builds or older libraries left out" if left else ""
     return chosen, note
+
+
+def _measured_shape(record: dict[str, Any]) -> str:
+    """What a record measured, whichever library it ran: architecture, batch, length."""
+    try:
+        return lookup_key(record["arch"], record["batch"], record["seq_len"])
+    except (ArchSpecError, KeyError, TypeError, ValueError):  # fit_data skips it with a warning
+        return json.dumps([record.get("arch"), record.get("batch"), record.get("seq_len")])
 
 
 def _build(record: dict[str, Any]) -> tuple[bool, int | None]:

@@ -103,7 +103,7 @@ def predict_step(model: Any, arch: ArchSpec, target: Any = None) -> Cost:
 
     if target is not None:
         model.predict(arch, target)  # the model's own check that it is for this target
-    feats = features(work, model.cache_mb)
+    feats = features(work, model.cache_mb, getattr(model, "lanes", 0))
     latency = float(model.latency_ms(feats))
     if getattr(model, "energy_coefficients", None) is not None:
         energy = sum(model.energy_coefficients.get(f, 0.0) * v for f, v in feats.items())
