@@ -29,6 +29,8 @@ import logging
 
 import numpy as np
 
+from dnsrec_edge.compile.padding import constant_columns
+
 log = logging.getLogger(__name__)
 
 # Item tables (float32 bytes) from which the embedding lookup shares the scoring weight.
@@ -80,9 +82,10 @@ def pad_constant_matmul_pass(multiple: int):
             if value.ndim != 2 or value.dtype != np.float32:
                 return call
             n = value.shape[1]
-            if n % multiple == 0 or n < 2 * multiple:
+            width = constant_columns(n, multiple)
+            if width == n:
                 return call
-            padded = np.zeros((value.shape[0], -(-n // multiple) * multiple), dtype=value.dtype)
+            padded = np.zeros((value.shape[0], width), dtype=value.dtype)
             padded[:, :n] = value
             log.debug("padding a constant matmul weight from %d to %d columns", n, padded.shape[1])
             wide = self.builder_.emit(

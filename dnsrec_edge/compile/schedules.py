@@ -33,6 +33,7 @@ from tvm.target import Target
 from tvm.tirx.analysis import undefined_vars
 
 from dnsrec_edge.compile import targets
+from dnsrec_edge.compile.padding import schedule_width
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,10 @@ def _schedule_matmul(
     work = math.prod(s_ext) * k_ext
     copy_out = None
     if pad:
-        if n % lanes == 0 or n < lanes:
+        width = schedule_width(n, lanes)
+        if width is None:
             return None  # nothing to pad: the plain rule does it
         names = [sch.get(info.block_rv).name_hint for info in infos]
-        width = 2 * lanes if n >= 2 * lanes else lanes
         iters = sch.get(block).iter_vars  # spatial iters, then the reduction (``S..SR``)
         sch.pad_einsum(block, [1] * (len(iters) - 2) + [width, 1])
         block = sch.get_sblock(names[0])

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from dnsrec_edge import __version__
+from dnsrec_edge.compile.padding import constant_columns, schedule_width
 from dnsrec_edge.cost.analysis import MatMul, Work, analyze
 from dnsrec_edge.cost.model import Cost
 from dnsrec_edge.cost.records import (
@@ -134,18 +135,15 @@ def built_columns(mm: MatMul, lanes: int) -> tuple[int, bool]:
     """``(columns, sliced)``: the output columns ``mm`` runs over in a CPU build with ``lanes``
     float32 lanes (0: as in the ONNX file), and whether a slice kernel cuts the padding off.
 
-    A constant weight (every matmul but the attention's) whose N is at least two tiles of two
-    vectors and not a whole number of such tiles is padded to one at compile time
-    (``rewrites.pad_constant_matmul_pass``); any N left that is not whole vectors is padded by
-    the matmul schedule (``schedules._schedule_matmul``) to two vectors (one below that)."""
-    n, sliced = mm.n, False
+    A constant weight (every matmul but the attention's) is padded to whole two-vector tiles at
+    compile time; any N left that is not whole vectors is padded by the matmul schedule
+    (the rules of ``compile/padding.py``)."""
     if not lanes:
-        return n, sliced
-    tile = 2 * lanes
-    if mm.op not in ATTENTION_MATMULS and n % tile and n >= 2 * tile:
-        n, sliced = -(-n // tile) * tile, True
-    if n % lanes and n >= lanes:
-        width = tile if n >= tile else lanes
+        return mm.n, False
+    n = mm.n if mm.op in ATTENTION_MATMULS else constant_columns(mm.n, 2 * lanes)
+    sliced = n != mm.n
+    width = schedule_width(n, lanes)
+    if width:
         n = -(-n // width) * width
     return n, sliced
 
