@@ -7,8 +7,9 @@ Each seed reuses the embedded default run of ``benchmarks/default_run.py``
 - ``scratch``: the default search's architecture trained from scratch (the paper's retrain);
 - ``no-gates``, ``fixed-penalty``, ``shared-alpha``, ``no-warmup-rule`` (no sandwich rule, no
   prolonged warm-up: the mixture's loss for one warm-up epoch), ``no-inherit`` (the supernet
-  starts from its own initialisation, not from the trained baseline): a new search with that
-  one change, then the default subnet training (inherited + distilled).
+  starts from its own initialisation, not from the trained baseline), ``all-depths`` (the
+  supernet keeps every depth, also those whose cheapest architecture is over the budget): a
+  new search with that one change, then the default subnet training (inherited + distilled).
 
 Every subnet trains with the baseline's recipe and budget. Reported per variant and seed: test
 HR@10 / NDCG@10 / MRR@10 (full ranking), the share of the seed's baseline NDCG@10, the
@@ -50,6 +51,7 @@ SEARCH_VARIANTS = {
     "shared-alpha": ({"shared_alpha": True}, {}),
     "no-warmup-rule": ({"sandwich": False, "warmup_target": 0.0, "warmup_epochs": 1}, {}),
     "no-inherit": ({"inherit": False}, {}),
+    "all-depths": ({"feasible_depths": False}, {}),
 }
 log = logging.getLogger("bench.ablations")
 

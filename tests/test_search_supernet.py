@@ -260,9 +260,18 @@ def test_a_baseline_of_another_shape_is_not_inherited():
     space = SearchSpace(n_items=40, max_len=12, max_depth=2, heads=(4, 2), ffn=(64, 32))
     model = _randomised(space)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for base in (
-        _baseline(space, depth=2, heads=2, ffn=32, hidden=32),  # another hidden size
-        _baseline(space, depth=3, heads=4, ffn=32),  # deeper than the supernet
-    ):
-        assert model.inherit(base) == []
+    assert model.inherit(_baseline(space, depth=2, heads=2, ffn=32, hidden=32)) == []
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_supernet_shallower_than_the_baseline_takes_its_first_blocks():
+    space = SearchSpace(n_items=40, max_len=12, max_depth=1, heads=(4, 2), ffn=(64, 32))
+    base = _baseline(space, depth=2, heads=4, ffn=32)
+    model = _randomised(space)
+    assert model.inherit(base) == ["item_emb", "pos_emb", "ln_f", "blocks.0"]
+    one_block = SASRec(ArchSpec.uniform(40, 12, space.hidden, 1, 4, ffn=32), dropout=0.1).eval()
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("blocks.1.")}
+    one_block.load_state_dict(state)
+    seq = _seq(space)
+    with torch.no_grad(), model.selected(Choice(1, ((0, 1),))):
+        assert torch.allclose(model.predict(seq), one_block.predict(seq), atol=1e-5)

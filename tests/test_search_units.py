@@ -217,6 +217,32 @@ def test_the_largest_in_budget_per_depth_is_the_costliest_that_fits(tables):
     assert table.largest_within(0.0) == []
 
 
+def test_the_deepest_depth_within_a_limit_is_where_its_cheapest_fits(tables):
+    table = tables[SPACE]
+    cheapest = [
+        min(table.of(c) for c in table.choices() if c.depth == d)
+        for d in range(1, SPACE.max_depth + 1)
+    ]
+    assert [table.cheapest_of_depth(d) for d in range(1, SPACE.max_depth + 1)] == pytest.approx(
+        cheapest
+    )
+    assert table.deepest_within(cheapest[1]) == 2
+    assert table.deepest_within(cheapest[1] * 0.999) == 1
+    assert table.deepest_within(0.0) == 1
+    assert table.deepest_within(table.reference()) == SPACE.max_depth
+
+
+def test_a_budget_leaves_out_the_depths_it_cannot_buy(tables):
+    from dnsrec_edge.search.run import feasible_depths
+
+    table = tables[SPACE]
+    limit = table.cheapest_of_depth(2) / 1.05  # depth 2 within the 10 % tolerance only
+    kept = feasible_depths(table, limit)
+    assert kept.space.max_depth == 2 and kept.space.heads == SPACE.heads
+    assert feasible_depths(table, table.cheapest_of_depth(2) / 1.2).space.max_depth == 1
+    assert feasible_depths(table, table.reference()) is table
+
+
 def test_expected_cost_of_one_hot_weights_is_the_cost(tables):
     table = tables[SPACE]
     for choice in itertools.islice(table.choices(), 0, None, 37):

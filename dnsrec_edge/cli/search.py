@@ -57,6 +57,12 @@ from dnsrec_edge.cli.options import calibration_dir_option, threads_option
     help="Maximum depth of the supernet.",
 )
 @click.option(
+    "--all-depths",
+    is_flag=True,
+    help="Search every depth up to --blocks, also those whose cheapest architecture is over "
+    "the budget (by default they are left out before training).",
+)
+@click.option(
     "--heads",
     default="4,2,1",
     show_default=True,
@@ -125,6 +131,7 @@ def search_cmd(
     max_len: int,
     warmup: int | None,
     blocks: int,
+    all_depths: bool,
     heads: str,
     ffn: str,
     linear_attention: bool,
@@ -170,6 +177,7 @@ def search_cmd(
         seed=seed,
         threads=threads,
         inherit=inherit,
+        feasible_depths=not all_depths,
     )
     data = load_dataset(dataset, quiet=quiet)
     space = SearchSpace(

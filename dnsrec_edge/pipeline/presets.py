@@ -41,12 +41,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # benchmarks/baseline.py's ml-1m recipe: TrainConfig's defaults (warm-up, cosine
         # decay over 80 epochs, early stopping), 10% of users validating, weight averaging
         "baseline": {"max_len": 200, "valid_share": 0.1, "ema": 0.998},
-        # the supernet starts from the baseline (search/supernet.py: inherit), so fewer
-        # search epochs and a 20-epoch fine-tune at a third of the baseline's learning rate
-        # keep search + training within 2x the baseline's time
+        # the supernet starts from the baseline (search/supernet.py: inherit) and holds only
+        # the depths the budget can buy (search/run.py: feasible_depths), so a short search
+        # leaves the subnet the baseline's own training budget within 2x the baseline's time
         "search": {"max_len": 200, "epochs": 8, "warmup_epochs": 2, "max_warmup_epochs": 6},
         "space": {},
-        "finetune": {"epochs": 20, "warmup_epochs": 1.0, "lr": 1e-3, **DISTILL},
+        "finetune": dict(DISTILL),
         "candidates": {"max": 12},
         "export": {"rows": 512},
         "bench": {"warmup": 10, "repeat": 50, "number": 10},

@@ -138,6 +138,15 @@ class CostTable:
                 best, best_cost = choice, self.of(choice)
         return best, best_cost
 
+    def cheapest_of_depth(self, depth: int) -> float:
+        """Cost of the cheapest architecture of ``depth`` blocks (blocks are independent)."""
+        return float(self.mid.min()) * (depth - 1) + float(self.last_of(depth).min())
+
+    def deepest_within(self, limit: float) -> int:
+        """The largest depth whose cheapest architecture costs at most ``limit`` (at least 1)."""
+        fits = [d for d in range(1, self.space.max_depth + 1) if self.cheapest_of_depth(d) <= limit]
+        return max(fits, default=1)
+
     def largest_within(self, limit: float) -> list[Choice]:
         """Per depth, the architecture of highest cost within ``limit``: the most capacity the
         budget buys at that depth (depths with none in budget are left out)."""

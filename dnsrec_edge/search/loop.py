@@ -79,6 +79,7 @@ class SearchConfig:
     warmup_epochs: int = 3  # weights only (every path trains), temperature held at t_start
     sandwich: bool = True  # warm-up with the sandwich rule (False: the mixture's loss)
     sandwich_random: int = 2  # random paths per sandwich step
+    feasible_depths: bool = True  # leave out depths whose cheapest architecture is over budget
     inherit: bool = True  # start from the trained baseline's weights when one is given
     inherit_lr: float = 0.1  # then the weights' learning rate is this share of lr
     warmup_target: float = 0.95  # prolong the warm-up until the largest path reaches this

@@ -207,6 +207,24 @@ def check_budget(
     return limit, reference
 
 
+def feasible_depths(table: CostTable, limit: float) -> CostTable:
+    """``table`` over the depths whose cheapest architecture meets ``limit`` within the
+    tolerance the front's pick allows (:data:`MEASURE_TOLERANCE`): a deeper supernet would spend
+    its training on paths that no in-budget architecture contains."""
+    depth = table.deepest_within(limit * (1 + MEASURE_TOLERANCE))
+    if depth >= table.space.max_depth:
+        return table
+    log.info(
+        "searching depths 1-%d: the cheapest architecture of %d blocks costs %.3g, over the "
+        "budget %.3g",
+        depth,
+        depth + 1,
+        table.cheapest_of_depth(depth + 1),
+        limit,
+    )
+    return replace(table, space=replace(table.space, max_depth=depth))
+
+
 def _fmt(value: float, budget: Budget) -> str:
     if budget.kind == "flops":
         return f"{value / 1e6:.3f} MFLOPs"
@@ -288,6 +306,9 @@ def search(
     if budget.relative_to == "baseline":
         base_cost = baseline_cost(cost_model, baseline, budget, target_arg)
     limit, reference = check_budget(table, budget, base_cost)  # fail before any training
+    if config.feasible_depths:
+        table = feasible_depths(table, limit)
+        space = table.space
     set_threads(config.threads)
     torch.manual_seed(config.seed)
     model = Supernet(space, config.dropout, config.shared_alpha, config.gumbel)

@@ -274,6 +274,8 @@ class Supernet(nn.Module):
         zero output weights, the gates start at exactly 1 and blocks past the baseline's depth
         start as identities (zero output projections): every path of the baseline's depth
         or more then computes the baseline's function up to how heads split the channels.
+        A supernet shallower than the baseline (a budget left only its shallow depths) takes
+        the baseline's first blocks.
         """
         s, a = self.space, baseline.arch
         same = (a.n_items, a.max_len, a.hidden, a.positions) == (
@@ -282,7 +284,7 @@ class Supernet(nn.Module):
             s.hidden,
             s.positions,
         )
-        if not same or a.depth > s.max_depth or any(b.norm != "pre" for b in a.blocks):
+        if not same or any(b.norm != "pre" for b in a.blocks):
             return []
         copied = ["item_emb", "pos_emb", "ln_f"]
         with torch.no_grad():
