@@ -19,13 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from dnsrec_edge.compile.artifact import set_threads
 from dnsrec_edge.compile.build import compile as compile_model
 from dnsrec_edge.data.load import load_dataset
 from dnsrec_edge.evaluate import PROTOCOLS
 from dnsrec_edge.export.onnx_export import export_onnx
+from dnsrec_edge.export.validate import dataset_inputs
 from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.train.checkpoint import load_checkpoint, read_checkpoint
 from dnsrec_edge.train.config import TrainConfig
@@ -48,7 +47,6 @@ def main() -> None:
 
     ds = load_dataset(args.dataset, quiet=True)
     work = Path(tempfile.mkdtemp(prefix="checkpoint-figures-"))
-    x = np.zeros((1, 200), np.int64)
     set_threads(1)
     rows, fns = {}, {}
     for run in args.runs:
@@ -58,9 +56,7 @@ def main() -> None:
             model, _ = load_checkpoint(path, ds.fingerprint)
             cfg = TrainConfig.from_dict(read_checkpoint(path)["extra"]["train_config"])
             test = final_metrics(model, ds, cfg, PROTOCOLS, True)["test"]
-            seq = ds.sequences[0][-cfg.max_len :]
-            x = np.zeros((1, cfg.max_len), np.int64)
-            x[0, -len(seq) :] = seq
+            x = dataset_inputs(ds, cfg.max_len, rows=1)
             onnx_path = export_onnx(model.eval(), work / f"{run.name}-{name}.onnx")
             art = compile_model(onnx_path, "host", work / f"{run.name}-{name}", batch=1, quiet=True)
             vm, xi, w = art.load_vm(1), tvm.runtime.tensor(x, tvm.cpu()), art.weights()

@@ -126,21 +126,22 @@ class CostTable:
         """Cost of the full supernet (max depth, widest candidates): what ``%`` budgets scale."""
         return self.of(self.space.widest())
 
-    def cheapest(self) -> tuple[Choice, float]:
-        """The cheapest architecture in the space and its cost (blocks are independent)."""
+    def cheapest_choice(self, depth: int) -> Choice:
+        """The cheapest architecture of ``depth`` blocks (blocks are independent)."""
         n_ffn = self.space.n_ffn
-        best, best_cost = None, float("inf")
         mid_pair = divmod(int(self.mid.argmin()), n_ffn)
-        for depth in range(1, self.space.max_depth + 1):
-            last_pair = divmod(int(self.last_of(depth).argmin()), n_ffn)
-            choice = Choice(depth, (mid_pair,) * (depth - 1) + (last_pair,))
-            if self.of(choice) < best_cost:
-                best, best_cost = choice, self.of(choice)
-        return best, best_cost
+        last_pair = divmod(int(self.last_of(depth).argmin()), n_ffn)
+        return Choice(depth, (mid_pair,) * (depth - 1) + (last_pair,))
+
+    def cheapest(self) -> tuple[Choice, float]:
+        """The cheapest architecture in the space and its cost (the shallowest on a tie)."""
+        depths = range(1, self.space.max_depth + 1)
+        best = min((self.cheapest_choice(d) for d in depths), key=self.of)
+        return best, self.of(best)
 
     def cheapest_of_depth(self, depth: int) -> float:
-        """Cost of the cheapest architecture of ``depth`` blocks (blocks are independent)."""
-        return float(self.mid.min()) * (depth - 1) + float(self.last_of(depth).min())
+        """Cost of the cheapest architecture of ``depth`` blocks."""
+        return self.of(self.cheapest_choice(depth))
 
     def deepest_within(self, limit: float) -> int:
         """The largest depth whose cheapest architecture costs at most ``limit`` (at least 1)."""
