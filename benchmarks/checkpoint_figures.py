@@ -42,6 +42,10 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-1m")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    for run in args.runs:  # refuse a wrong folder before minutes of evaluation
+        for rel in MODELS.values():
+            if not (run / "stages" / rel).is_file():
+                parser.error(f"'{run}' holds no stages/{rel}; pass a pipeline run folder")
     import onnxruntime as ort
     import tvm
 
