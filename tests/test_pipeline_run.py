@@ -92,6 +92,8 @@ def test_end_to_end_on_a_slice_then_rerun(tmp_path, ml100k_raw):
     assert result.exit_code == 0, result.output
     assert re.search(r"NDCG@10 \(full ranking\)\s+\d\.\d{4}\s+\d\.\d{4}", result.output)
     assert f"Report: {run / 'report.html'}" in result.output
+    finetune = json.loads((run / "stages" / "finetune" / "done.json").read_text())["result"]
+    assert finetune["budget_seconds"] > 0 and finetune["budget_spent"] > 0  # a CPU-time cap
 
     for name in STAGE_NAMES:
         assert (run / "stages" / name / "done.json").is_file()
@@ -133,3 +135,27 @@ def test_end_to_end_on_a_slice_then_rerun(tmp_path, ml100k_raw):
     compiled = json.loads((run / "stages" / "compile" / "done.json").read_text())["result"]
     for target in compiled.values():
         assert target["baseline"]["reused"] is True
+
+
+def test_finetune_budget_is_what_the_time_share_leaves_after_the_search(tmp_path):
+    from dnsrec_edge.pipeline.stages import StageContext, StageOutput
+    from dnsrec_edge.pipeline.steps import finetune_budget
+
+    def out(name, cpu, **result):
+        return StageOutput(name, tmp_path, result, {}, "", "", 0.0, cpu_seconds=cpu)
+
+    def ctx(search_cpu, **search):
+        upstream = {
+            "baseline": out("baseline", 1000.0),
+            "search": out("search", search_cpu, **search),
+            "prune": out("prune", 2.0),
+        }
+        return StageContext("finetune", tmp_path, {}, upstream)
+
+    assert finetune_budget(2.0, ctx(600.0)) == pytest.approx(1398.0)
+    # a warm-up reused from another budget's search counts at what it cost then
+    reused = ctx(300.0, warmup_reused=True, warmup_cpu_seconds=300.0)
+    assert finetune_budget(2.0, reused) == pytest.approx(1398.0)
+    assert finetune_budget(2.0, ctx(2500.0)) == pytest.approx(1e-3)  # one epoch, then stop
+    assert finetune_budget(None, ctx(600.0)) is None
+    assert finetune_budget(2.0, ctx(None)) is None  # a stage of a version that kept no time

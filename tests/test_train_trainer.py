@@ -158,3 +158,20 @@ def test_resume_from_a_damaged_training_state_is_one_safe_sentence(ml100k_small,
         "start again with --force"
     )
     assert "weights_only" not in message
+
+
+def test_schedule_fits_its_cosine_decay_into_a_time_budget():
+    from dnsrec_edge.train.trainer import Schedule
+
+    schedule = Schedule(TrainConfig(epochs=80, warmup_epochs=2), steps_per_epoch=10)
+    assert schedule(100) > 0.9  # 80 epochs: barely decayed at epoch 10
+    assert schedule.fit_budget(80, done=2, spent=100.0, budget=1000.0) == 20  # 50 s an epoch
+    assert schedule(199) < 1e-3 and schedule(200) == 0.0  # the decay now ends at epoch 20
+    assert schedule.fit_budget(80, done=5, spent=500.0, budget=100.0) == 5  # never below done
+    assert schedule.fit_budget(80, done=1, spent=1.0, budget=1e6) == 80  # never past epochs
+
+
+def test_a_spent_time_budget_ends_training_after_the_epoch(ml100k_small):
+    config = TrainConfig(epochs=50, budget_seconds=1e-3, **{**TINY, "max_len": 10})
+    result = train_model(_model(ml100k_small, config), ml100k_small, config, quiet=True)
+    assert result.stopped == "budget" and result.epochs == 1 and result.budget_spent > 1e-3

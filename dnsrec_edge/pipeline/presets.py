@@ -7,8 +7,9 @@
 
 Each preset maps a stage to keyword settings: ``baseline`` to ``TrainConfig`` fields,
 ``finetune`` to the ``TrainConfig`` fields the subnet changes on top of the baseline's own
-settings (it trains with the baseline's recipe and budget, inheriting the supernet's weights
-and distilled from the trained baseline), ``search`` to ``SearchConfig`` fields (``space`` to
+settings (it trains with the baseline's recipe, inheriting the supernet's weights and
+distilled from the trained baseline) plus ``time_share``, the most that search and subnet
+training may take together as a multiple of the baseline's training time, ``search`` to ``SearchConfig`` fields (``space`` to
 ``SearchSpace`` fields), ``candidates`` sizes the front scored after the search, ``export``
 sets how many real histories validate the ONNX files, ``bench`` holds ``benchmark`` options.
 """
@@ -34,7 +35,9 @@ STAGE_NAMES = (
 # pipeline's target (see search/budget.py); the smoke preset's tiny models are mostly fixed
 # cost (embedding, scoring), so no subnet comes near 40% of its baseline
 DEFAULT_BUDGETS = {"full": "latency=40%", "short": "latency=40%", "smoke": "latency=90%"}
-DISTILL = {"distill": 0.5, "distill_temperature": 2.0}
+# the subnet's training: distilled from the baseline, and ended (its cosine decay included)
+# where search plus training reach twice the baseline's training time (steps.finetune_budget)
+DISTILL = {"distill": 0.5, "distill_temperature": 2.0, "time_share": 2.0}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
@@ -43,7 +46,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "baseline": {"max_len": 200, "valid_share": 0.1, "ema": 0.998},
         # the supernet starts from the baseline (search/supernet.py: inherit) and holds only
         # the depths the budget can buy (search/run.py: feasible_depths), so a short search
-        # leaves the subnet the baseline's own training budget within 2x the baseline's time
+        # leaves the subnet most of the baseline's training time (DISTILL's time_share)
         "search": {"max_len": 200, "epochs": 8, "warmup_epochs": 2, "max_warmup_epochs": 6},
         "space": {},
         "finetune": dict(DISTILL),

@@ -9,6 +9,7 @@ modules (torch, TVM, ONNX) are imported inside the functions.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from dnsrec_edge.fsio import atomic_write_json, sha256_file
 from dnsrec_edge.pipeline.stages import StageContext
 
 MODELS = ("baseline", "dnsrec")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -233,6 +236,7 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         "argmax_in_budget": res.argmax_in_budget,
         "search_seconds": round(res.seconds, 2),
         "warmup_reused": res.warmup_reused,
+        "warmup_cpu_seconds": res.warmup_cpu_seconds,
         "candidates": len(candidates),
         **_size(res.arch),
     }
@@ -271,8 +275,12 @@ def run_finetune(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     )
     # the baseline's own recipe and budget (epochs, schedule, early stopping), then the
     # preset's subnet settings (distillation weight, temperature)
+    settings = dict(ctx.settings["config"])
+    budget = finetune_budget(settings.pop("time_share", None), ctx)
     base = asdict(TrainConfig(**ctx.settings["baseline"]))
-    config = TrainConfig.from_dict(base | ctx.settings["config"] | {"threads": plan.threads})
+    config = TrainConfig.from_dict(
+        base | settings | {"threads": plan.threads, "budget_seconds": budget}
+    )
     result = train_model(model, ds, config, ctx.out / "train", quiet=ctx.quiet, teacher=teacher)
     both = final_metrics(result.model, ds, config, ("full", "pop100"))
     metrics, valid = both["test"], both["valid"]
@@ -285,8 +293,30 @@ def run_finetune(plan: Plan, ctx: StageContext) -> dict[str, Any]:
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.train_seconds, 2),
+        "budget_seconds": None if budget is None else round(budget, 3),
+        "budget_spent": round(result.budget_spent, 2),
+        "stopped": result.stopped,
         **_size(model.arch),
     }
+
+
+def finetune_budget(share: float | None, ctx: StageContext) -> float | None:
+    """CPU seconds the subnet's training may take so that search (with a warm-up it reused),
+    prune and training together take at most ``share`` times the baseline stage's CPU time;
+    None without a share or when an upstream stage did not record its time."""
+    base, search, prune = ctx["baseline"], ctx["search"], ctx["prune"]
+    if share is None or base.cpu_seconds is None or search.cpu_seconds is None:
+        return None
+    reused = search.result.get("warmup_cpu_seconds") or 0.0
+    if search.result.get("warmup_reused") and not reused:
+        log.warning("the search reused a warm-up of unknown cost; it is not counted")
+    left = share * base.cpu_seconds - search.cpu_seconds - reused - (prune.cpu_seconds or 0.0)
+    if left <= 0:
+        log.warning(
+            "the search took %.1fx the baseline's training time; the subnet trains one epoch",
+            (share * base.cpu_seconds - left) / base.cpu_seconds,
+        )
+    return max(left, 1e-3)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,6 +150,7 @@ class LoopResult:
     warmup_epochs: int = 0  # warm-up epochs actually run (or reused)
     warmup_valid: float = -1.0  # the largest path's valid NDCG@10 after the last warm-up epoch
     warmup_reused: bool = False  # loaded from the warm-up cache instead of trained
+    warmup_cpu_seconds: float | None = None  # a reused warm-up's CPU time when it was trained
 
 
 def split_users(dataset: Dataset, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +208,7 @@ def run_search(
     target = None if baseline_valid is None else config.warmup_target * baseline_valid
     rng = np.random.default_rng([config.seed, 31])
     ctrl.set_temperature(config.t_start)
-    result, best_ndcg, t0 = LoopResult(None), -1.0, time.perf_counter()
+    result, best_ndcg, t0, cpu0 = LoopResult(None), -1.0, time.perf_counter(), time.process_time()
     step, anneal_step, searched, warmed, ratio = 0, 0, 0, 0, float("inf")
     stalled = False  # True once the warm-up is over, whatever the target says
     epoch = 0
@@ -220,6 +221,7 @@ def run_search(
             step, warmed, epoch = reused["step"], reused["warmed"], reused["warmed"]
             result.warmup_epochs, result.warmup_valid = warmed, reused["warmup_valid"]
             result.warmup_reused = True
+            result.warmup_cpu_seconds = reused.get("cpu_seconds")  # entries before 0.x lack it
             stalled = True  # an entry is saved when its warm-up ended: search from here on
             # the controllers did not move in the warm-up: every warm-up epoch selected this
             record, epoch_result = _end_epoch(model, valid_set, table, limit, config, epoch)
@@ -243,7 +245,12 @@ def run_search(
         )
         if searching and key is not None:  # the warm-up just ended: keep it for other budgets
             if warmed:  # (a search without warm-up epochs has nothing to share)
-                state = {"step": step, "warmed": warmed, "warmup_valid": result.warmup_valid}
+                state = {
+                    "step": step,
+                    "warmed": warmed,
+                    "warmup_valid": result.warmup_valid,
+                    "cpu_seconds": time.process_time() - cpu0,  # what a reuse saves
+                }
                 save_warmup(warmup_cache, key, model, w_opt, state)
             key = None
         losses, ratios = [], []

@@ -69,6 +69,7 @@ class SearchResult:
     model: Supernet  # after the search, as in supernet.pt
     front: list[FrontPoint] = field(default_factory=list)
     warmup_reused: bool = False  # the warm-up came from the warm-up cache
+    warmup_cpu_seconds: float | None = None  # what that warm-up cost when it was trained
 
     @property
     def share(self) -> float:
@@ -433,6 +434,7 @@ def search(
         model,
         front,
         loop.warmup_reused,
+        loop.warmup_cpu_seconds,
     )
 
 
@@ -476,6 +478,7 @@ def run_record(
             "epochs": loop.warmup_epochs,
             "largest_valid_ndcg@10": loop.warmup_valid,
             "reused": loop.warmup_reused,
+            "reused_cpu_seconds": loop.warmup_cpu_seconds,
             "inherited": inherited,  # what the supernet took from the baseline's weights
             "validation_users": valid_users,
         },

@@ -50,6 +50,9 @@ class TrainConfig:
     ema: float = 0.0  # per-step decay of an average of the weights that is validated and kept
     eval_batch_size: int = 512
     max_minutes: float | None = None  # stop after the epoch that crosses this wall time
+    # seconds of this process's CPU time (wall time off the CPU) the run may take: from the
+    # first epoch on, the schedule ends at the last epoch the measured epoch time fits in
+    budget_seconds: float | None = None
     device: str = "cpu"  # torch device that trains, e.g. "cuda"; results come back on the CPU
     precision: str = "fp32"  # "bf16": matmuls of the training steps in bfloat16 (autocast)
     distill: float = 0.0  # weight of the KL to a teacher's softened scores (needs a teacher)
@@ -76,6 +79,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "max_len", "hidden", "blocks", "heads", "negatives"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.budget_seconds is not None and self.budget_seconds <= 0:
+            problems.append(f"budget_seconds must be > 0 (got {self.budget_seconds})")
         if self.lr <= 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
         if not 0 <= self.ema < 1:

@@ -53,7 +53,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # by part
     out_dir: Path | None = None
-    stopped: str = ""  # why training ended: "patience", "epochs", "time"
+    stopped: str = ""  # why training ended: "patience", "epochs", "time", "budget"
+    budget_spent: float = 0.0  # CPU seconds (wall off the CPU) of training, over resumes
 
 
 @dataclass
@@ -73,19 +74,38 @@ def set_threads(threads: int | None) -> int:
     return n
 
 
-def _lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    warmup = config.warmup_epochs * steps_per_epoch
-    total = config.epochs * steps_per_epoch
+class Schedule:
+    """Learning-rate factor per step: linear warm-up, then cosine decay (or constant) to the
+    end of ``epochs``; :meth:`fit_budget` moves that end so the decay finishes inside a time
+    budget. An object, not a closure, so ``LambdaLR`` saves and restores its horizon."""
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if config.schedule == "cosine":
-            progress = (step - warmup) / max(1.0, total - warmup)
+    def __init__(self, config: TrainConfig, steps_per_epoch: int) -> None:
+        self.warmup = config.warmup_epochs * steps_per_epoch
+        self.steps_per_epoch = steps_per_epoch
+        self.cosine = config.schedule == "cosine"
+        self.epochs = config.epochs
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.cosine:
+            total = self.epochs * self.steps_per_epoch
+            progress = (step - self.warmup) / max(1.0, total - self.warmup)
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return 1.0
 
-    return factor
+    def fit_budget(self, max_epochs: int, done: int, spent: float, budget: float) -> int:
+        """Set the horizon to the epochs ``budget`` seconds buy at the mean cost of the
+        ``done`` epochs so far (``spent`` seconds), at least ``done`` and at most
+        ``max_epochs``; return it."""
+        fits = math.floor(budget / (spent / done)) if spent > 0 else max_epochs
+        self.epochs = max(done, min(max_epochs, fits))
+        return self.epochs
+
+
+def _clock(device: torch.device) -> float:
+    """What a time budget counts: this process's CPU time on the CPU, wall time elsewhere."""
+    return time.process_time() if device.type == "cpu" else time.perf_counter()
 
 
 def _log_q(dataset: Dataset, config: TrainConfig) -> torch.Tensor | None:
@@ -128,7 +148,8 @@ def train_model(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
+    schedule = Schedule(config, steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     state = _initial_state()
     if resume and out is not None:
         state = _restore(out / "last.pt", model, optimizer, scheduler, dataset, state, device)
@@ -154,8 +175,8 @@ def train_model(
         quiet,
     )
     extra = _checkpoint_extra(dataset, config)
-    start_seconds = state["seconds"]
-    t0 = time.perf_counter()
+    start_seconds, start_spent = state["seconds"], state["budget_spent"]
+    t0, c0 = time.perf_counter(), _clock(device)
     step = state["epoch"] * steps_per_epoch
     while state["epoch"] < config.epochs and state["stopped"] == "":
         epoch = state["epoch"] + 1
@@ -163,6 +184,11 @@ def train_model(
         live = _swap_in(model, state["ema"])  # validate (and keep) the averaged weights
         valid = _validate(model, valid_set, config)
         seconds = start_seconds + time.perf_counter() - t0
+        state["budget_spent"] = start_spent + _clock(device) - c0
+        if config.budget_seconds is not None:
+            state["horizon"] = schedule.fit_budget(
+                config.epochs, epoch, state["budget_spent"], config.budget_seconds
+            )
         record = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
@@ -202,6 +228,7 @@ def train_model(
         history=state["history"],
         out_dir=out,
         stopped=state["stopped"] or "epochs",
+        budget_spent=state["budget_spent"],
     )
 
 
@@ -237,6 +264,8 @@ def _initial_state() -> dict[str, Any]:
         "best_state": None,
         "stopped": "",
         "ema": None,  # exponential moving average of the weights (config.ema > 0)
+        "budget_spent": 0.0,  # what config.budget_seconds counts, over resumes
+        "horizon": None,  # the epoch the schedule ends at under config.budget_seconds
     }
 
 
@@ -336,6 +365,8 @@ def _end_epoch(
         state["stopped"] = "time"
     elif epoch >= config.epochs:
         state["stopped"] = "epochs"
+    elif state["horizon"] is not None and epoch >= state["horizon"]:
+        state["stopped"] = "budget"
     return improved
 
 
@@ -457,7 +488,7 @@ def _restore(
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    restored = {k: payload[k] for k in state}
+    restored = {k: payload.get(k, state[k]) for k in state}  # older states lack newer keys
     for key in ("ema", "best_state"):  # weight copies live beside the model
         if restored[key] is not None:
             restored[key] = {k: v.to(device) for k, v in restored[key].items()}
