@@ -175,3 +175,4 @@ def test_a_spent_time_budget_ends_training_after_the_epoch(ml100k_small):
     config = TrainConfig(epochs=50, budget_seconds=1e-3, **{**TINY, "max_len": 10})
     result = train_model(_model(ml100k_small, config), ml100k_small, config, quiet=True)
     assert result.stopped == "budget" and result.epochs == 1 and result.budget_spent > 1e-3
+    assert result.history[0]["horizon"] == 1

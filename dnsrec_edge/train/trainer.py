@@ -196,11 +196,14 @@ def train_model(
             "seconds": round(seconds, 2),
             **{f"valid_{k}": v for k, v in valid.items()},
         }
+        if state["horizon"] is not None:  # where the time budget now ends the schedule
+            record["horizon"] = state["horizon"]
         improved = _end_epoch(state, record, valid, seconds, model, config)
         if not quiet:
             log.info(
-                "epoch %d loss %.4f valid ndcg@10 %.4f hr@10 %.4f (%.0f s)%s",
+                "epoch %d%s loss %.4f valid ndcg@10 %.4f hr@10 %.4f (%.0f s)%s",
                 epoch,
+                f" of {state['horizon']}" if state["horizon"] is not None else "",
                 record["loss"],
                 valid["ndcg@10"],
                 valid["hr@10"],
