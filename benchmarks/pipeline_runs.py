@@ -56,6 +56,9 @@ def run_figures(run: Path) -> dict:
         "search_seconds": search["search_seconds"],
         "warmup_reused": search.get("warmup_reused", False),
         "stage_seconds": {s: done(run, s).get("wall_seconds") for s in STAGES},
+        # this process's CPU time per stage: comparable when runs share the machine
+        "stage_cpu_seconds": {s: done(run, s).get("cpu_seconds") for s in STAGES},
+        "warmup_cpu_seconds": search.get("warmup_cpu_seconds"),  # a reused warm-up's cost
         "latency_ms": {},
     }
     entry["ndcg_share"] = sub["test"]["full"]["ndcg@10"] / base["test"]["full"]["ndcg@10"]
@@ -67,6 +70,16 @@ def run_figures(run: Path) -> dict:
         entry["latency_ms"][runtime] = figures
         entry[f"{runtime}_share"] = figures["dnsrec"]["median"] / figures["baseline"]["median"]
     return entry
+
+
+def cpu_time_ratio(entry: dict) -> float | None:
+    """Search (with a reused warm-up's cost) plus prune plus fine-tune over the baseline's
+    training, in CPU seconds; None when a stage kept no CPU time."""
+    cpu = entry["stage_cpu_seconds"]
+    parts = [cpu[k] for k in ("baseline", "search", "prune", "finetune")]
+    if any(v is None for v in parts):
+        return None
+    return (sum(parts[1:]) + (entry.get("warmup_cpu_seconds") or 0.0)) / parts[0]
 
 
 def stats(values: list[float]) -> dict:
