@@ -138,9 +138,11 @@ def test_bf16_training_learns_and_keeps_float32_weights(ml100k_small):
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
 
 
-def test_unknown_precision_is_refused():
+def test_unknown_precision_and_a_spent_budget_are_refused():
     with pytest.raises(TrainConfigError, match="precision .fp16. is not one of fp32, bf16"):
         TrainConfig(precision="fp16")
+    with pytest.raises(TrainConfigError, match=r"budget_seconds must be > 0 \(got 0\)"):
+        TrainConfig(budget_seconds=0)
 
 
 def test_resume_from_a_damaged_training_state_is_one_safe_sentence(ml100k_small, tmp_path):
