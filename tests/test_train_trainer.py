@@ -178,3 +178,28 @@ def test_a_spent_time_budget_ends_training_after_the_epoch(ml100k_small):
     result = train_model(_model(ml100k_small, config), ml100k_small, config, quiet=True)
     assert result.stopped == "budget" and result.epochs == 1 and result.budget_spent > 1e-3
     assert result.history[0]["horizon"] == 1
+
+
+def test_a_training_state_of_an_older_version_resumes(ml100k_small, tmp_path):
+    config = TrainConfig(epochs=2, **{**TINY, "max_len": 10})
+
+    def interrupt(info):
+        if info.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(
+            _model(ml100k_small, config),
+            ml100k_small,
+            config,
+            tmp_path,
+            quiet=True,
+            on_batch=interrupt,
+        )
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["budget_spent"], state["horizon"]  # keys that states before the time budget lack
+    torch.save(state, tmp_path / "last.pt")
+    resumed = train_model(
+        _model(ml100k_small, config), ml100k_small, config, tmp_path, quiet=True, resume=True
+    )
+    assert resumed.epochs == 2 and [r["epoch"] for r in resumed.history] == [1, 2]
