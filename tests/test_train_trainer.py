@@ -19,6 +19,17 @@ def _model(dataset, config):
     return SASRec(baseline_arch(dataset, config), dropout=config.dropout)
 
 
+def _interrupt_in_epoch_2(dataset, config, out):
+    """Train into ``out`` until the first step of epoch 2, then stop as Ctrl-C would."""
+
+    def interrupt(info):
+        if info.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_model(dataset, config), dataset, config, out, quiet=True, on_batch=interrupt)
+
+
 @pytest.mark.slow
 def test_training_learns_and_restores_the_best(ml100k_small, tmp_path):
     config = TrainConfig(epochs=4, **TINY)
@@ -53,19 +64,7 @@ def test_resume_after_interrupt_matches_uninterrupted(ml100k_small, tmp_path):
         _model(ml100k_small, config), ml100k_small, config, tmp_path / "a", quiet=True
     )
 
-    def interrupt(info):
-        if info.epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_model(
-            _model(ml100k_small, config),
-            ml100k_small,
-            config,
-            tmp_path / "b",
-            quiet=True,
-            on_batch=interrupt,
-        )
+    _interrupt_in_epoch_2(ml100k_small, config, tmp_path / "b")
     resumed = train_model(
         _model(ml100k_small, config), ml100k_small, config, tmp_path / "b", quiet=True, resume=True
     )
@@ -167,10 +166,10 @@ def test_schedule_fits_its_cosine_decay_into_a_time_budget():
 
     schedule = Schedule(TrainConfig(epochs=80, warmup_epochs=2), steps_per_epoch=10)
     assert schedule(100) > 0.9  # 80 epochs: barely decayed at epoch 10
-    assert schedule.fit_budget(80, done=2, spent=100.0, budget=1000.0) == 20  # 50 s an epoch
+    assert schedule.fit_budget(done=2, spent=100.0, budget=1000.0) == 20  # 50 s an epoch
     assert schedule(199) < 1e-3 and schedule(200) == 0.0  # the decay now ends at epoch 20
-    assert schedule.fit_budget(80, done=5, spent=500.0, budget=100.0) == 5  # never below done
-    assert schedule.fit_budget(80, done=1, spent=1.0, budget=1e6) == 80  # never past epochs
+    assert schedule.fit_budget(done=5, spent=500.0, budget=100.0) == 5  # never below done
+    assert schedule.fit_budget(done=1, spent=1.0, budget=1e6) == 80  # never past epochs
 
 
 def test_a_spent_time_budget_ends_training_after_the_epoch(ml100k_small):
@@ -183,21 +182,9 @@ def test_a_spent_time_budget_ends_training_after_the_epoch(ml100k_small):
 def test_a_training_state_of_an_older_version_resumes(ml100k_small, tmp_path):
     config = TrainConfig(epochs=2, **{**TINY, "max_len": 10})
 
-    def interrupt(info):
-        if info.epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_model(
-            _model(ml100k_small, config),
-            ml100k_small,
-            config,
-            tmp_path,
-            quiet=True,
-            on_batch=interrupt,
-        )
+    _interrupt_in_epoch_2(ml100k_small, config, tmp_path)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    del state["budget_spent"], state["horizon"]  # keys that states before the time budget lack
+    del state["budget_spent"]  # a key that states before the time budget lack
     torch.save(state, tmp_path / "last.pt")
     resumed = train_model(
         _model(ml100k_small, config), ml100k_small, config, tmp_path, quiet=True, resume=True

@@ -310,11 +310,12 @@ def finetune_budget(share: float | None, ctx: StageContext) -> float | None:
     reused = search.result.get("warmup_cpu_seconds") or 0.0
     if search.result.get("warmup_reused") and not reused:
         log.warning("the search reused a warm-up of unknown cost; it is not counted")
-    left = share * base.cpu_seconds - search.cpu_seconds - reused - (prune.cpu_seconds or 0.0)
+    spent = search.cpu_seconds + reused + (prune.cpu_seconds or 0.0)
+    left = share * base.cpu_seconds - spent
     if left <= 0:
         log.warning(
             "the search took %.1fx the baseline's training time; the subnet trains one epoch",
-            (share * base.cpu_seconds - left) / base.cpu_seconds,
+            spent / base.cpu_seconds,
         )
     return max(left, 1e-3)
 

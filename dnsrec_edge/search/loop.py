@@ -221,7 +221,7 @@ def run_search(
             step, warmed, epoch = reused["step"], reused["warmed"], reused["warmed"]
             result.warmup_epochs, result.warmup_valid = warmed, reused["warmup_valid"]
             result.warmup_reused = True
-            result.warmup_cpu_seconds = reused.get("cpu_seconds")  # entries before 0.x lack it
+            result.warmup_cpu_seconds = reused.get("cpu_seconds")  # older entries lack it
             stalled = True  # an entry is saved when its warm-up ended: search from here on
             # the controllers did not move in the warm-up: every warm-up epoch selected this
             record, epoch_result = _end_epoch(model, valid_set, table, limit, config, epoch)

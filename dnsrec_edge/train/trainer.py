@@ -83,7 +83,7 @@ class Schedule:
         self.warmup = config.warmup_epochs * steps_per_epoch
         self.steps_per_epoch = steps_per_epoch
         self.cosine = config.schedule == "cosine"
-        self.epochs = config.epochs
+        self.max_epochs = self.epochs = config.epochs
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
@@ -94,12 +94,12 @@ class Schedule:
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return 1.0
 
-    def fit_budget(self, max_epochs: int, done: int, spent: float, budget: float) -> int:
+    def fit_budget(self, done: int, spent: float, budget: float) -> int:
         """Set the horizon to the epochs ``budget`` seconds buy at the mean cost of the
-        ``done`` epochs so far (``spent`` seconds), at least ``done`` and at most
-        ``max_epochs``; return it."""
-        fits = math.floor(budget / (spent / done)) if spent > 0 else max_epochs
-        self.epochs = max(done, min(max_epochs, fits))
+        ``done`` epochs so far (``spent`` seconds), at least ``done`` and at most the
+        configured epochs; return it."""
+        fits = math.floor(budget / (spent / done)) if spent > 0 else self.max_epochs
+        self.epochs = max(done, min(self.max_epochs, fits))
         return self.epochs
 
 
@@ -185,10 +185,9 @@ def train_model(
         valid = _validate(model, valid_set, config)
         seconds = start_seconds + time.perf_counter() - t0
         state["budget_spent"] = start_spent + _clock(device) - c0
+        horizon = None  # where the time budget now ends the schedule
         if config.budget_seconds is not None:
-            state["horizon"] = schedule.fit_budget(
-                config.epochs, epoch, state["budget_spent"], config.budget_seconds
-            )
+            horizon = schedule.fit_budget(epoch, state["budget_spent"], config.budget_seconds)
         record = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
@@ -196,14 +195,14 @@ def train_model(
             "seconds": round(seconds, 2),
             **{f"valid_{k}": v for k, v in valid.items()},
         }
-        if state["horizon"] is not None:  # where the time budget now ends the schedule
-            record["horizon"] = state["horizon"]
-        improved = _end_epoch(state, record, valid, seconds, model, config)
+        if horizon is not None:
+            record["horizon"] = horizon
+        improved = _end_epoch(state, record, valid, seconds, model, config, horizon)
         if not quiet:
             log.info(
                 "epoch %d%s loss %.4f valid ndcg@10 %.4f hr@10 %.4f (%.0f s)%s",
                 epoch,
-                f" of {state['horizon']}" if state["horizon"] is not None else "",
+                f" of {horizon}" if horizon is not None else "",
                 record["loss"],
                 valid["ndcg@10"],
                 valid["hr@10"],
@@ -268,7 +267,6 @@ def _initial_state() -> dict[str, Any]:
         "stopped": "",
         "ema": None,  # exponential moving average of the weights (config.ema > 0)
         "budget_spent": 0.0,  # what config.budget_seconds counts, over resumes
-        "horizon": None,  # the epoch the schedule ends at under config.budget_seconds
     }
 
 
@@ -351,8 +349,10 @@ def _end_epoch(
     seconds: float,
     model: nn.Module,
     config: TrainConfig,
+    horizon: int | None = None,
 ) -> bool:
-    """Add the epoch to ``state`` (history, best weights, why to stop); whether it improved."""
+    """Add the epoch to ``state`` (history, best weights, why to stop: also reaching the time
+    budget's ``horizon``); whether it improved."""
     epoch = record["epoch"]
     state["history"].append(record)
     state["epoch"], state["seconds"] = epoch, seconds
@@ -368,7 +368,7 @@ def _end_epoch(
         state["stopped"] = "time"
     elif epoch >= config.epochs:
         state["stopped"] = "epochs"
-    elif state["horizon"] is not None and epoch >= state["horizon"]:
+    elif horizon is not None and epoch >= horizon:
         state["stopped"] = "budget"
     return improved
 
