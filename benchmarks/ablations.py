@@ -30,8 +30,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from dnsrec_edge.bench.host_latency import HostLatencyModel, host_shares
 from dnsrec_edge.data.load import load_dataset
-from dnsrec_edge.export.ort_timing import OrtLatencyModel, ort_shares
 from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.models.archspec import ArchSpec
 from dnsrec_edge.pipeline.presets import DEFAULT_BUDGETS, PRESETS
@@ -85,8 +85,8 @@ def one_seed(seed: int, variants: list[str], threads: int, save, prefix: str) ->
                 space=SearchSpace(ds.n_items, config.max_len, **space_kw),
                 baseline=teacher.arch,
                 baseline_valid=done["valid"]["ndcg@10"],
-                measure=lambda archs: ort_shares(archs, teacher.arch),
-                cost_model=OrtLatencyModel(threads=1),  # as the pipeline does on this host
+                measure=lambda archs: host_shares(archs, teacher.arch),
+                cost_model=HostLatencyModel(threads=1),  # as the pipeline does on this host
                 baseline_checkpoint=run / "baseline" / "train" / "model.pt",
                 force=True,
                 quiet=True,
@@ -110,7 +110,7 @@ def one_seed(seed: int, variants: list[str], threads: int, save, prefix: str) ->
             **m,
             "ndcg_share": m["ndcg@10"] / baseline["ndcg@10"],
             "arch": arch.to_dict(),
-            "ort_share": ort_shares([arch], teacher.arch)[0],
+            "ort_share": host_shares([arch], teacher.arch)[0],
             "seconds": round(time.perf_counter() - t0, 1),
         }
         log.info("seed %d %s: NDCG@10 %.4f (%.3fx)", seed, name, m["ndcg@10"], entry["ndcg_share"])

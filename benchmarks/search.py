@@ -4,6 +4,11 @@ Each (seed, budget) is one run of the README's pipeline, full preset, on this ho
 
     dnsrec-edge pipeline --dataset D --budget B --seed S --out runs/D-SLUG-seedS
 
+On this host the pipeline measures a latency budget under ONNX Runtime; ``--measure-with tvm``
+measures it as the target's default TVM builds instead (``dnsrec-edge pipeline
+--measure-with tvm``): run folders then end in ``-tvm`` and the budget's entry is keyed
+``B (tvm)``, with ``"measured_with"`` saying which runtime the budget's share is of.
+
 For each seed the first budget's run trains the baseline; the other budgets' run folders get a
 copy of its data and baseline stages before they start (the pipeline reuses a stage whose
 inputs match), so every budget of a seed is judged against one baseline, and of its supernet
@@ -26,6 +31,7 @@ Per budget, ``benchmarks/results/search.json`` gets, under the dataset's name an
 - ``seeds``: the per-seed figures (``pipeline_runs.run_figures``).
 
     python benchmarks/search.py --dataset ml-1m --budgets latency=50% latency=25% --seeds 0 1 2
+    python benchmarks/search.py --dataset ml-1m --budgets latency=25% --measure-with tvm
 """
 
 from __future__ import annotations
@@ -70,9 +76,18 @@ def slug(budget: str) -> str:
     return kind + value + ("supernet" if b.relative_to == "supernet" else "")
 
 
-def run_one(dataset: str, budget: str, seed: int, threads: int | None, shared: Path | None) -> Path:
-    """Run (or resume) the pipeline for one budget and seed; ``shared`` lends its baseline."""
-    run = ROOT / "runs" / f"{dataset}-{slug(budget)}-seed{seed}"
+def entry_key(budget: str, runtime: str) -> str:
+    """The budget's key in search.json: its text, marked when measured as TVM builds."""
+    return budget if runtime == "ort" else f"{budget} ({runtime})"
+
+
+def run_one(
+    dataset: str, budget: str, seed: int, threads: int | None, shared: Path | None, runtime: str
+) -> Path:
+    """Run (or resume) the pipeline for one budget and seed, the budget measured under
+    ``runtime``; ``shared`` lends its baseline."""
+    suffix = "" if runtime == "ort" else f"-{runtime}"
+    run = ROOT / "runs" / f"{dataset}-{slug(budget)}-seed{seed}{suffix}"
     if shared is not None:
         for stage in SHARED_STAGES:
             if not (run / "stages" / stage).exists():
@@ -84,6 +99,7 @@ def run_one(dataset: str, budget: str, seed: int, threads: int | None, shared: P
     cmd += ["--dataset", dataset, "--budget", budget, "--seed", str(seed), "--out", str(run)]
     if threads:
         cmd += ["--threads", str(threads)]
+    cmd += ["--measure-with", runtime]
     subprocess.run(cmd, check=True, cwd=ROOT)
     return run
 
@@ -103,8 +119,9 @@ def _cpu_ratios(seeds: list[dict]) -> dict | None:
     return None if any(r is None for r in ratios) else stats(ratios)
 
 
-def summarise(budget: str, seeds: list[dict]) -> dict:
-    """The budget's entry: means over ``seeds`` (per-seed figures kept under ``"seeds"``)."""
+def summarise(budget: str, seeds: list[dict], runtime: str = "ort") -> dict:
+    """The budget's entry: means over ``seeds`` (per-seed figures kept under ``"seeds"``);
+    ``runtime`` is the one the budget's share was measured under."""
     b = parse_budget(budget)
     shares = [s["ndcg_share"] for s in seeds]
     time_ratios = [
@@ -114,6 +131,7 @@ def summarise(budget: str, seeds: list[dict]) -> dict:
     ]
     entry = {
         "budget": b.to_dict(),
+        "measured_with": runtime,
         "arch": seeds[0]["dnsrec"]["arch"],
         **{
             p: {k: _mean(seeds, "dnsrec", p, k) for k in METRICS}
@@ -159,15 +177,16 @@ def with_recorded(recorded: dict | None, seeds: list[dict]) -> list[dict]:
     return sorted(kept + seeds, key=lambda s: s["seed"])
 
 
-def save(dataset: str, budget: str, seeds: list[dict], note: str) -> list[dict]:
+def save(dataset: str, budget: str, seeds: list[dict], note: str, runtime: str) -> list[dict]:
     """Merge the budget's entry into search.json (other datasets, budgets and seeds are kept);
     returns every seed the entry now holds."""
     path = RESULTS / "search.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     node = results.setdefault(dataset, {})
     budgets = node.setdefault("budgets", {})
-    seeds = with_recorded(budgets.get(budget), seeds)
-    budgets[budget] = summarise(budget, seeds)
+    key = entry_key(budget, runtime)
+    seeds = with_recorded(budgets.get(key), seeds)
+    budgets[key] = summarise(budget, seeds, runtime)
     node["pipeline"] = {
         "command": "dnsrec-edge pipeline --dataset D --budget B --seed S --out runs/D-SLUG-seedS",
         "preset": "full",
@@ -189,6 +208,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     parser.add_argument("--note", default="", help="how the machine was shared during the runs")
+    parser.add_argument(
+        "--measure-with",
+        choices=("ort", "tvm"),
+        default="ort",
+        help="the runtime a latency budget is measured under (the pipeline's --measure-with)",
+    )
     args = parser.parse_args()
     for budget in args.budgets:
         try:
@@ -200,15 +225,17 @@ def main() -> None:
     for seed in args.seeds:
         first = None
         for budget in args.budgets:
-            run = run_one(args.dataset, budget, seed, args.threads, first)
+            run = run_one(args.dataset, budget, seed, args.threads, first, args.measure_with)
             first = first or run
             per_budget[budget].append({"seed": seed, **run_figures(run)})
-            recorded[budget] = save(args.dataset, budget, per_budget[budget], args.note)
+            recorded[budget] = save(
+                args.dataset, budget, per_budget[budget], args.note, args.measure_with
+            )
     for budget, seeds in recorded.items():
-        entry = summarise(budget, seeds)
+        entry = summarise(budget, seeds, args.measure_with)
         cpu = entry["cpu_time_ratio_vs_baseline"]
         print(
-            f"{budget}: NDCG@10 {entry['ndcg_ratio_vs_baseline']:.3f}x, "
+            f"{entry_key(budget, args.measure_with)}: NDCG@10 {entry['ndcg_ratio_vs_baseline']:.3f}x, "
             f"TVM {entry['latency_ms']['tvm']['share']:.2f}x, "
             f"ORT {entry['latency_ms']['ort']['share']:.2f}x, "
             f"search + training {'?' if cpu is None else format(cpu['max'], '.2f')}x the "

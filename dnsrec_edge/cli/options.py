@@ -158,3 +158,20 @@ def columns_from(
     """The ``columns`` mapping for ``load_dataset`` from the column options."""
     given = {"user": user_col, "item": item_col, "time": time_col}
     return {role: name for role, name in given.items() if name}
+
+
+def measure_with_option() -> Callable[[Any], Any]:
+    """``--measure-with`` (parameter ``measure_with``): the runtime a latency budget on this
+    host is measured under."""
+    from dnsrec_edge.bench.host_latency import RUNTIMES
+
+    return click.option(
+        "--measure-with",
+        type=click.Choice(sorted(RUNTIMES)),
+        default="ort",
+        show_default=True,
+        help="On this host a latency budget's costs are measured, not predicted: under ONNX "
+        "Runtime (ort: the runtime a user would otherwise pick, so the subnet meets the "
+        "budget there too) or as this toolkit's default TVM builds for --target (tvm: the "
+        "artifact it ships).",
+    )

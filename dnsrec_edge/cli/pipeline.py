@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from dnsrec_edge.cli.options import board_options, calibration_dir_option, threads_option
+from dnsrec_edge.cli.options import (
+    board_options,
+    calibration_dir_option,
+    measure_with_option,
+    threads_option,
+)
 from dnsrec_edge.export.quantize import SCHEMES
 from dnsrec_edge.pipeline.presets import PRESETS, STAGE_NAMES
 
@@ -88,6 +93,7 @@ from dnsrec_edge.pipeline.presets import PRESETS, STAGE_NAMES
     help="Ship int8 models: export both as ONNX Runtime's static QDQ int8 files (checked to "
     "keep 0.99x the float32 test NDCG@10), then compile and bench those.",
 )
+@measure_with_option()
 @click.pass_context
 def pipeline_cmd(
     ctx: click.Context,
@@ -108,6 +114,7 @@ def pipeline_cmd(
     threads: int | None,
     seed: int,
     quantize: str | None,
+    measure_with: str,
 ) -> None:
     """Data, baseline, search, prune, fine-tune, export, compile, bench, calibrate, report.
 
@@ -140,6 +147,7 @@ def pipeline_cmd(
         refit=refit,
         seed=seed,
         quantize=quantize,
+        measure_with=measure_with,
         quiet=ctx.obj.get("quiet", False),
     )
     click.echo(render_table(result))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dnsrec_edge.cli.options import calibration_dir_option, threads_option
+from dnsrec_edge.cli.options import calibration_dir_option, measure_with_option, threads_option
 
 
 @click.command("search")
@@ -18,12 +18,13 @@ from dnsrec_edge.cli.options import calibration_dir_option, threads_option
     "-b",
     required=True,
     help="Resource budget KIND=VALUE: latency=40% (share of the baseline's latency on "
-    "--target; on this host measured under ONNX Runtime), flops=25% (of the baseline's FLOPs), "
+    "--target; on this host measured, see --measure-with), flops=25% (of the baseline's FLOPs), "
     "flops=25%supernet (of the full supernet), flops=30M, latency=1.5ms, energy=2mJ, or "
     "step-latency=0.05ms / step-latency=10% (one streaming step: a new interaction with the "
     "key/value cache kept; the supernet is then start-anchored).",
 )
 @click.option("--target", "-t", help="Hardware target whose cost model prices latency/energy.")
+@measure_with_option()
 @click.option(
     "--baseline",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -125,6 +126,7 @@ def search_cmd(
     dataset: str,
     budget: str,
     target: str | None,
+    measure_with: str,
     baseline: Path | None,
     inherit: bool,
     epochs: int,
@@ -193,7 +195,9 @@ def search_cmd(
     base_arch, base_valid = load_baseline(baseline) if baseline else (None, None)
     cost_model = measure = None
     if parsed.kind == "latency" and runs_on_this_host(target):
-        cost_model, measure = host_measurers(base_arch or default_baseline_arch(space))
+        cost_model, measure = host_measurers(
+            base_arch or default_baseline_arch(space), runtime=measure_with, target=target
+        )
     result = search(
         data,
         parsed,

@@ -1,11 +1,9 @@
 """ONNX Runtime latency of ONNX files, interleaved in one run (the runtime users would pick).
 
 Timing several files round-robin (one round of each, then the next round) keeps a shared
-machine's drift out of their ratios. :func:`ort_shares` exports each architecture with
-untrained weights (latency does not depend on the weights) and returns its median latency
-as a share of a reference architecture's, measured in the same run. :class:`OrtLatencyModel`
-is a cost model that measures instead of predicting: a latency budget on this host then
-rests on measured latencies, not on a prior.
+machine's drift out of their ratios. :func:`timing_export` writes an architecture with
+untrained weights (latency does not depend on the weights) for timing; :func:`time_calls` is
+the round-robin any runtime's calls share (``bench/host_latency.py`` times TVM builds with it).
 
 Example::
 
@@ -15,12 +13,10 @@ Example::
 
 from __future__ import annotations
 
-import tempfile
+import functools
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -58,29 +54,41 @@ def time_onnx(
     """Per file: ``median_ms``, ``p99_ms``, ``mean_ms`` over ``repeat`` rounds of ``number``
     calls each, the files interleaved round by round."""
     sessions = {str(p): _session(Path(p), threads) for p in paths}
-    feeds = {p: _feed(s, seed) for p, s in sessions.items()}
-    for p, s in sessions.items():
+    calls = {p: functools.partial(s.run, None, _feed(s, seed)) for p, s in sessions.items()}
+    return time_calls(calls, threads, repeat, number, warmup)
+
+
+def time_calls(
+    calls: Mapping[str, Callable[[], object]],
+    threads: int,
+    repeat: int = 30,
+    number: int = 20,
+    warmup: int = 5,
+) -> dict[str, dict[str, float]]:
+    """Per call: ``median_ms``, ``p99_ms``, ``mean_ms`` over ``repeat`` rounds of ``number``
+    calls each, the calls interleaved round by round (``threads`` is only recorded)."""
+    for call in calls.values():
         for _ in range(warmup):
-            s.run(None, feeds[p])
-    samples: dict[str, list[float]] = {p: [] for p in sessions}
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeat):
-        for p, s in sessions.items():
+        for name, call in calls.items():
             t0 = time.perf_counter()
             for _ in range(number):
-                s.run(None, feeds[p])
-            samples[p].append((time.perf_counter() - t0) / number * 1e3)
+                call()
+            samples[name].append((time.perf_counter() - t0) / number * 1e3)
     return {
-        p: {
+        name: {
             "median_ms": float(np.median(v)),
             "p99_ms": float(np.percentile(v, 99)),
             "mean_ms": float(np.mean(v)),
             "threads": threads,
         }
-        for p, v in samples.items()
+        for name, v in samples.items()
     }
 
 
-def _exported(arch: ArchSpec, folder: Path, name: str) -> Path:
+def timing_export(arch: ArchSpec, folder: Path, name: str) -> Path:
     """``arch`` with seeded untrained weights as a static batch-1 ONNX file, for timing only.
 
     It goes through torch's TorchScript exporter, about three times faster than the dynamo
@@ -106,53 +114,3 @@ def _exported(arch: ArchSpec, folder: Path, name: str) -> Path:
             wrapper, (example,), str(path), input_names=[INPUT], opset_version=OPSET, dynamo=False
         )
     return path
-
-
-@dataclass
-class OrtLatencyModel:
-    """A :class:`CostModel` whose latency is measured: each architecture is exported with
-    untrained weights and timed under ONNX Runtime on this host at batch 1 (median ms),
-    once (cached by architecture). FLOPs come from the exact analysis."""
-
-    threads: int = 1
-    repeat: int = 15
-    number: int = 20
-    measured: bool = True  # read by the search: costs carry measurement noise
-    _cache: dict[str, float] = field(default_factory=dict, repr=False)
-
-    def predict(self, arch: ArchSpec, target: Any = None):
-        from dnsrec_edge.cost.model import Cost, FlopsModel
-
-        self.predict_many([arch], target)
-        return Cost(flops=FlopsModel().predict(arch).flops, latency_ms=self._cache[arch.to_json()])
-
-    def predict_many(self, archs: Sequence[ArchSpec], target: Any = None) -> None:
-        """Measure every architecture not yet measured, all in one interleaved run."""
-        todo = list({a.to_json(): a for a in archs if a.to_json() not in self._cache}.values())
-        if not todo:
-            return
-        with tempfile.TemporaryDirectory(prefix="dnsrec-ort-") as tmp:
-            paths = [_exported(a, Path(tmp), f"arch{i}") for i, a in enumerate(todo)]
-            stats = time_onnx(paths, self.threads, self.repeat, self.number)
-        for arch, path in zip(todo, paths, strict=True):
-            self._cache[arch.to_json()] = stats[str(path)]["median_ms"]
-
-    def fit(self, records: list[dict[str, Any]]) -> OrtLatencyModel:
-        """Nothing to fit: it measures."""
-        return self
-
-
-def ort_shares(
-    archs: Sequence[ArchSpec],
-    reference: ArchSpec,
-    threads: int = 1,
-    repeat: int = 20,
-    number: int = 20,
-) -> list[float]:
-    """Each architecture's ONNX Runtime median latency at batch 1 as a share of
-    ``reference``'s, all exported with untrained weights and timed in one interleaved run."""
-    with tempfile.TemporaryDirectory(prefix="dnsrec-ort-") as tmp:
-        paths = [_exported(a, Path(tmp), f"arch{i}") for i, a in enumerate([reference, *archs])]
-        stats = time_onnx(paths, threads=threads, repeat=repeat, number=number)
-    base = stats[str(paths[0])]["median_ms"]
-    return [stats[str(p)]["median_ms"] / base for p in paths[1:]]

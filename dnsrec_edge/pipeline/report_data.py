@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dnsrec_edge.bench.host_latency import RUNTIMES
 from dnsrec_edge.fsio import atomic_write_bytes, atomic_write_json
 from dnsrec_edge.pipeline.stages import StageContext, StageOutput
 from dnsrec_edge.pipeline.steps import MODELS
@@ -84,12 +85,13 @@ def report_data(up: Mapping[str, StageOutput]) -> dict[str, Any]:
     budget = search["budget"]
     base_ms = (bench.get("baseline") or {}).get("latency_ms", {}).get("median")
     if measured and base_ms and all(c.get("measured_share") for c in candidates):
-        # the front was timed beside the baseline under ONNX Runtime: draw every point as a
-        # share of the baseline's latency, the candidates at their measured shares
+        # the front was timed beside the baseline: draw every point as a share of the
+        # baseline's latency, the candidates at their measured shares
         for cand in candidates:
             cand["latency_ms"] = cand["measured_share"] * base_ms
             cand["latency_source"] = "measured"
-        cand_label = "search candidate (its ONNX Runtime share x the baseline)"
+        runtime = RUNTIMES[search.get("measured_with") or "ort"]  # older runs: ONNX Runtime
+        cand_label = f"search candidate (its {runtime} share x the baseline)"
     else:
         cand_label = "search candidate"
     limit = budget["limit"]

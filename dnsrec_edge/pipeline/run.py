@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dnsrec_edge.bench.host_latency import check_runtime
 from dnsrec_edge.errors import OutputExists, PipelineError, UnknownName
 from dnsrec_edge.export.quantize import require_scheme
 from dnsrec_edge.fsio import atomic_write_json
@@ -73,6 +74,7 @@ def pipeline(
     refit: bool = False,
     seed: int = 0,
     quantize: str | None = None,
+    measure_with: str = "ort",
     quiet: bool = False,
 ) -> PipelineResult:
     """Run (or resume) the whole loop for ``dataset`` on ``target`` in the run folder ``out``.
@@ -86,7 +88,9 @@ def pipeline(
     ``overrides`` merges per-stage settings (``{"baseline": {"epochs": 2}}``). ``refit``
     refits the target's cost model from its records after benching. ``seed`` seeds the
     baseline, the search and the subnet's training. ``quantize="int8"`` exports, compiles
-    and benches int8 files of both models (``export/quantize.py``). Finished stages are
+    and benches int8 files of both models (``export/quantize.py``). On this host a latency
+    budget is measured under ``measure_with``: ``"ort"`` (ONNX Runtime) or ``"tvm"`` (the
+    target's default TVM builds; ``bench/host_latency.py``). Finished stages are
     reused; ``from_stage`` redoes that stage and everything after it.
     """
     preset = "smoke" if quick else preset
@@ -96,6 +100,7 @@ def pipeline(
         raise PipelineError("choose at most one of --rpc, --rpc-tracker and --emulate")
     if quantize is not None:
         require_scheme(quantize)
+    check_runtime(measure_with)
     if budget is not None and parse_budget(budget).streaming:
         raise PipelineError(
             f"the pipeline ships whole-sequence models, so it cannot take the streaming budget "
@@ -122,6 +127,7 @@ def pipeline(
         threads=threads,
         refit=refit,
         quantize=quantize,
+        measure_with=measure_with,
     )
     run_dir = Path(out) if out is not None else Path("runs") / _default_name(dataset, target)
     _check_run_dir(run_dir)

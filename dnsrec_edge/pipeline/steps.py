@@ -39,6 +39,7 @@ class Plan:
     threads: int | None = None
     refit: bool = False
     quantize: str | None = None  # "int8": export, compile and bench int8 files
+    measure_with: str = "ort"  # the runtime a latency budget on this host is measured under
     _datasets: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -151,8 +152,14 @@ def search_settings(plan: Plan) -> dict[str, Any]:
     if budget.kind != "flops":
         settings |= {"target": plan.target, "cost_model": cost_model_id(plan)}
     if budget.kind == "latency" and runs_on_this_host(plan.target):
-        # this host: the costs and the front's latency shares are measured (ONNX Runtime)
-        settings |= {"measure": "ort", "cost_model": "measured on this host (ONNX Runtime)"}
+        from dnsrec_edge.bench.host_latency import RUNTIMES
+
+        # this host: the costs and the front's latency shares are measured
+        runtime = plan.measure_with
+        settings |= {
+            "measure": runtime,
+            "cost_model": f"measured on this host ({RUNTIMES[runtime]})",
+        }
     return settings
 
 
@@ -197,10 +204,14 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
     space = SearchSpace(ds.n_items, config.max_len, **ctx.settings["space"])
     baseline = ctx["baseline"].result
     measure = cost_model = None
-    if ctx.settings.get("measure") == "ort":  # this host: measure, do not predict
+    if ctx.settings.get("measure"):  # this host: measure, do not predict
         from dnsrec_edge.search.run import host_measurers
 
-        cost_model, measure = host_measurers(ArchSpec.from_dict(baseline["arch"]))
+        cost_model, measure = host_measurers(
+            ArchSpec.from_dict(baseline["arch"]),
+            runtime=ctx.settings["measure"],
+            target=plan.target,
+        )
     res = search(
         ds,
         ctx.settings["budget"],
@@ -231,6 +242,7 @@ def run_search(plan: Plan, ctx: StageContext) -> dict[str, Any]:
             (p.measured_share for p in res.front if p.choice == res.choice), None
         ),
         "share": res.share,
+        "measured_with": ctx.settings.get("measure"),  # None: predicted by the cost model
         "best_epoch": res.best_epoch,
         "valid": res.valid,
         "argmax_in_budget": res.argmax_in_budget,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dnsrec_edge.bench.host_latency import RUNTIMES
 from dnsrec_edge.pipeline.steps import MODELS
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ def _sum_search(r):
     of = "the baseline" if r["budget"].get("relative_to") == "baseline" else "the full supernet"
     text = f"{r['budget']['text']}: depth {depth} ({widths}), cost {100 * r['share']:.0f}% of {of}"
     if r.get("measured_share") is not None:
-        text += f" (measured {100 * r['measured_share']:.0f}%)"
+        runtime = RUNTIMES[r.get("measured_with") or "ort"]  # older runs: ONNX Runtime
+        text += f" (measured {100 * r['measured_share']:.0f}%, {runtime})"
     text += f", valid NDCG@10 {r['valid']['ndcg@10']:.4f}"
     return text + (", warm-up reused" if r.get("warmup_reused") else "")
 

@@ -106,13 +106,17 @@ def runs_on_this_host(target: str | None) -> bool:
     return target is not None and bench_mode(target, False, None, None)[0] == "local"
 
 
-def host_measurers(baseline: ArchSpec, threads: int = 1) -> tuple[CostModel, Measure]:
+def host_measurers(
+    baseline: ArchSpec, threads: int = 1, runtime: str = "ort", target: str | None = None
+) -> tuple[CostModel, Measure]:
     """The cost model and front measurer of a latency budget on this host: costs measured
-    under ONNX Runtime, the front's shares measured beside ``baseline`` in one run."""
-    from dnsrec_edge.export.ort_timing import OrtLatencyModel, ort_shares
+    under ``runtime`` (``"ort"``: ONNX Runtime; ``"tvm"``: default TVM builds for
+    ``target``), the front's shares measured beside ``baseline`` in one run."""
+    from dnsrec_edge.bench.host_latency import HostLatencyModel, check_runtime, host_shares
 
-    return OrtLatencyModel(threads=threads), functools.partial(
-        ort_shares, reference=baseline, threads=threads
+    check_runtime(runtime)
+    return HostLatencyModel(runtime, target, threads), functools.partial(
+        host_shares, reference=baseline, runtime=runtime, target=target, threads=threads
     )
 
 
@@ -272,7 +276,7 @@ def search(
     ``baseline_valid`` (its validation NDCG@10) turns on the warm-up rule; ``measure`` (see
     :mod:`search.front`) adds measured latency shares to the front. ``space`` defaults to 4
     blocks, hidden 64, heads 4/2/1 x 16, FFN 256/128/64, data-aware gates. ``cost_model``
-    replaces the budget's usual one (e.g. an ``OrtLatencyModel`` measuring on this host).
+    replaces the budget's usual one (e.g. a ``HostLatencyModel`` measuring on this host).
     ``warmup_cache`` (a folder) shares the budget-independent supernet warm-up between
     searches that differ only in their budget (:mod:`search.warmup_cache`). With
     ``baseline_checkpoint`` (the trained baseline's ``model.pt``) and ``config.inherit``, the
