@@ -36,6 +36,20 @@ def test_quantize_enters_only_the_export_stage_and_onward():
     assert [n for n in STAGE_NAMES if canonical(int8[n]) != plain[n]] == ["export"]
 
 
+def test_the_measuring_runtime_enters_only_the_search_stage():
+    """On this host a latency budget is measured; ``measure_with`` picks the runtime, and the
+    default keeps the settings (so the hashes) earlier run folders recorded."""
+    ort = {s.name: s.settings for s in build_stages(_plan("latency=25%"))}
+    assert ort["search"]["measure"] == "ort"
+    assert ort["search"]["cost_model"] == "measured on this host (ONNX Runtime)"
+    tvm_plan = _plan("latency=25%")
+    tvm_plan.measure_with = "tvm"
+    tvm = {s.name: s.settings for s in build_stages(tvm_plan)}
+    assert tvm["search"]["measure"] == "tvm"
+    assert tvm["search"]["cost_model"] == "measured on this host (TVM builds)"
+    assert [n for n in STAGE_NAMES if canonical(tvm[n]) != canonical(ort[n])] == ["search"]
+
+
 def test_bench_uses_the_threads_of_the_measured_cost_model():
     from dnsrec_edge.cost.calibrated import load_cost_model
     from dnsrec_edge.pipeline.steps import bench_options
@@ -55,6 +69,7 @@ def test_bench_uses_the_threads_of_the_measured_cost_model():
         (["--budget", "latency=fast"], 1, "Error: cannot parse budget 'latency=fast'"),
         (["--budget", "step-latency=1ms"], 1, "Error: the pipeline ships whole-sequence models"),
         (["--quantize", "int4"], 2, "Invalid value for '--quantize'"),
+        (["--measure-with", "trt"], 2, "Invalid value for '--measure-with'"),
         (["--dataset", "ml-2m"], 1, "Error: unknown dataset 'ml-2m'"),
         (["--target", "arm46"], 1, "Error: unknown target 'arm46'"),
         (["--dataset", "nope/missing.csv"], 1, "Error: dataset file 'nope/missing.csv' does not"),
