@@ -181,9 +181,9 @@ def time_ort(session, feeds, number: int, repeat: int) -> list[float]:
 
 
 def speed(folder: Path, target: str, rounds: int, number: int, repeat: int) -> tuple[dict, dict]:
-    import tvm
+    from dnsrec_edge.compile.artifact import set_threads
 
-    tvm.get_global_func("runtime.config_threadpool")(0, 1)
+    set_threads(1)
     built = {}
     for name in SHAPES:
         for max_len in (50, 200):

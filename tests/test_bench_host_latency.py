@@ -1,5 +1,7 @@
 """Measured latency on this host: real exports timed under ONNX Runtime and as real TVM builds."""
 
+import os
+
 import pytest
 
 from dnsrec_edge.bench import host_latency
@@ -65,3 +67,12 @@ def test_time_onnx_reports_median_and_p99(tmp_path):
     path = export_onnx(SASRec(SMALL).eval(), tmp_path / "m.onnx", batch=1)
     stats = ort_timing.time_onnx([path], repeat=4, number=2, warmup=1)[str(path)]
     assert 0 < stats["median_ms"] <= stats["p99_ms"] and stats["threads"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
+def test_timing_tvm_builds_leaves_the_process_on_every_core_it_had():
+    """TVM pins the thread that sizes its pool; a search that measured TVM builds then
+    trains in the same process, which must keep its cores (it once trained on one)."""
+    before = os.sched_getaffinity(0)
+    host_shares([SMALL], reference=BIG, runtime="tvm", threads=1, repeat=2, number=2)
+    assert os.sched_getaffinity(0) == before

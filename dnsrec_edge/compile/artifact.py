@@ -111,10 +111,18 @@ class Artifact:
 
 
 def set_threads(threads: int) -> None:
-    """Size TVM's CPU thread pool for this process."""
+    """Size TVM's CPU thread pool for this process.
+
+    Configuring the pool pins the calling thread to one core (its workers to the others);
+    the caller's CPU affinity is restored afterwards, so what runs next in this process
+    (training, ONNX Runtime sessions and their threads) still has every core it had.
+    """
     import tvm
 
+    mask = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
+    if mask is not None:
+        os.sched_setaffinity(0, mask)
 
 
 def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
