@@ -1,11 +1,14 @@
 """Measured latency on this host: real exports timed under ONNX Runtime and as real TVM builds."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 from dnsrec_edge.bench import host_latency
 from dnsrec_edge.bench.host_latency import HostLatencyModel, host_shares
+from dnsrec_edge.compile.host import usable_cores
 from dnsrec_edge.cost.model import FlopsModel
 from dnsrec_edge.errors import UnknownName
 from dnsrec_edge.export import ort_timing
@@ -76,3 +79,20 @@ def test_timing_tvm_builds_leaves_the_process_on_every_core_it_had():
     before = os.sched_getaffinity(0)
     host_shares([SMALL], reference=BIG, runtime="tvm", threads=1, repeat=2, number=2)
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="one usable core")
+def test_a_tvm_pool_sized_for_two_threads_runs_two():
+    """TVM makes its pool once, with TVM_NUM_THREADS threads (one on a 2-core host when
+    unset), so set_threads must size it before first use or 2 threads silently run as 1."""
+    code = (
+        "import tvm\n"
+        "from dnsrec_edge.compile.artifact import set_threads\n"
+        "set_threads(2)\n"
+        "print(tvm.get_global_func('runtime.NumThreads')())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split()[-1] == "2"

@@ -113,10 +113,17 @@ class Artifact:
 def set_threads(threads: int) -> None:
     """Size TVM's CPU thread pool for this process.
 
-    Configuring the pool pins the calling thread to one core (its workers to the others);
-    the caller's CPU affinity is restored afterwards, so what runs next in this process
-    (training, ONNX Runtime sessions and their threads) still has every core it had.
+    TVM makes its pool once, when first used, with ``TVM_NUM_THREADS`` threads (unset: half
+    the cores on x86, one on a 2-core host) and never grows it, so a later request for more
+    threads would silently run on fewer: unless the user set it, the variable is set to this
+    host's usable cores first. Configuring the pool pins the calling thread to one core (its
+    workers to the others); the caller's CPU affinity is restored afterwards, so what runs
+    next in this process (training, ONNX Runtime sessions and their threads) still has every
+    core it had.
     """
+    from dnsrec_edge.compile.host import usable_cores
+
+    os.environ.setdefault("TVM_NUM_THREADS", str(max(usable_cores(), int(threads))))
     import tvm
 
     mask = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
