@@ -315,6 +315,22 @@ def test_most_probable_in_budget_is_exhaustive(tables):
     assert most_probable_in_budget(ctrl, table, 0.5 * table.cheapest()[1]) == []
 
 
+def test_most_probable_in_budget_survives_probabilities_that_underflow(tables):
+    """At a low temperature the in-budget choices' probabilities can underflow to 0 while
+    the controllers sit on an over-budget one; the search then still finds the most probable
+    in-budget choice (a seed once failed here with an empty list)."""
+    table = tables[SPACE]
+    ctrl = ArchController(SPACE.max_depth, SPACE.n_attn, SPACE.n_ffn)
+    with torch.no_grad():
+        ctrl.alpha_attn.copy_(torch.arange(SPACE.n_attn, 0, -1, dtype=torch.float32) * 5)
+        ctrl.beta.copy_(torch.arange(SPACE.max_depth, dtype=torch.float32) * 5)  # deepest
+    ctrl.set_temperature(0.05)
+    assert float(ctrl.probs().attn.min()) == 0.0  # underflowed
+    limit = table.cheapest()[1]
+    got = most_probable_in_budget(ctrl, table, limit)
+    assert len(got) == 1 and table.of(got[0]) <= limit
+
+
 def test_search_config_validation():
     with pytest.raises(Exception, match="warmup_epochs must lie in 0..epochs-1"):
         SearchConfig(epochs=2, warmup_epochs=2)

@@ -88,6 +88,14 @@ class ArchController(nn.Module):
         ffn = torch.softmax(self.alpha_ffn / t, -1).expand(self.n_blocks, -1)  # (N, F)
         return MixWeights(attn, ffn, torch.softmax(self.beta / t, -1))
 
+    def log_probs(self) -> MixWeights:
+        """The logs of :meth:`probs`, computed stably: at a low temperature a probability
+        can underflow to 0 while its log stays finite."""
+        t = self.temperature
+        attn = torch.log_softmax(self.alpha_attn / t, -1).expand(self.n_blocks, -1)  # (N, A)
+        ffn = torch.log_softmax(self.alpha_ffn / t, -1).expand(self.n_blocks, -1)  # (N, F)
+        return MixWeights(attn, ffn, torch.log_softmax(self.beta / t, -1))
+
     def choice(self) -> Choice:
         """The argmax architecture of the current logits."""
         depth = int(self.beta.argmax()) + 1

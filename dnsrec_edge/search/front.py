@@ -105,12 +105,12 @@ def most_probable_in_budget(
     probable first. Exhaustive over the space (every depth, every candidate pair per block),
     vectorised."""
     with torch.no_grad():
-        probs = controller.probs()
-        n_blocks, n_attn = probs.attn.shape
-        n_ffn = probs.ffn.shape[1]
+        logs = controller.log_probs()
+        n_blocks, n_attn = logs.attn.shape
+        n_ffn = logs.ffn.shape[1]
         # (N, A*F) log-probability of each candidate pair per block; pair p = a * F + f
-        pair_lp = (probs.attn.log()[:, :, None] + probs.ffn.log()[:, None, :]).reshape(n_blocks, -1)
-        depth_lp = probs.depth.log()
+        pair_lp = (logs.attn[:, :, None] + logs.ffn[:, None, :]).reshape(n_blocks, -1)
+        depth_lp = logs.depth
     mid = table.mid.reshape(-1)  # (A*F,)
     scored: list[tuple[float, Choice]] = []
     for depth in range(1, n_blocks + 1):
