@@ -61,6 +61,19 @@ def test_bench_uses_the_threads_of_the_measured_cost_model():
     assert "threads" not in bench_options(arm)  # a prior model: the target's own count
 
 
+def test_the_benched_target_is_built_for_the_threads_it_is_benched_at():
+    from dnsrec_edge.cost.calibrated import load_cost_model
+    from dnsrec_edge.pipeline.steps import compile_settings
+
+    threads = load_cost_model("x86_64").meta["threads"]
+    assert compile_settings(_plan("flops=25%")) == {
+        "targets": ["x86_64", "arm64"],
+        "threads": {"x86_64": threads},
+    }
+    arm = Plan("ml-100k", "arm64", (), "flops=25%", None, None, None, preset_settings("short"))
+    assert compile_settings(arm) == {"targets": ["arm64"]}  # the target's own count
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

@@ -27,10 +27,15 @@ from dnsrec_edge.fsio import sha256_file
 log = logging.getLogger(__name__)
 
 
-def cache_key(onnx_path: str | Path, target: str, batch: int = 1) -> str:
-    """What names a cache entry: ONNX bytes, target, batch, tool and TVM versions."""
+def cache_key(
+    onnx_path: str | Path, target: str, batch: int = 1, threads: int | None = None
+) -> str:
+    """What names a cache entry: ONNX bytes, target, batch, thread count (when one is given),
+    tool and TVM versions."""
     tvm = importlib.metadata.version("apache-tvm")
     text = f"{sha256_file(Path(onnx_path))} {target} batch={batch} {__version__} {tvm}"
+    if threads is not None:
+        text += f" threads={threads}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -41,18 +46,22 @@ def compile_cached(
     cache_dir: str | Path,
     *,
     batch: int = 1,
+    threads: int | None = None,
     quiet: bool = False,
 ) -> tuple[Artifact, bool]:
-    """The artifact of ``onnx_path`` for ``target`` at ``dest`` (a new folder), and whether it
-    was reused from ``cache_dir`` rather than compiled (a fresh one is stored there)."""
+    """The artifact of ``onnx_path`` for ``target`` (built for ``threads``, default the
+    target's) at ``dest`` (a new folder), and whether it was reused from ``cache_dir`` rather
+    than compiled (a fresh one is stored there)."""
     dest = Path(dest)
-    cached = Path(cache_dir) / cache_key(onnx_path, target, batch)
+    cached = Path(cache_dir) / cache_key(onnx_path, target, batch, threads)
     art = _reuse(cached, dest)
     if art is not None:
         return art, True
     from dnsrec_edge.compile.build import compile as tvm_compile
 
-    art = tvm_compile(onnx_path, target=target, out_dir=dest, batch=batch, quiet=quiet)
+    art = tvm_compile(
+        onnx_path, target=target, out_dir=dest, batch=batch, threads=threads, quiet=quiet
+    )
     _store(dest, cached)
     return art, False
 

@@ -204,7 +204,7 @@ def build_stages(plan: steps.Plan, emulate: bool = False) -> list[Stage]:
             ("data", "baseline", "finetune"),
             {"batch": 1, **s["export"], **({"quantize": plan.quantize} if plan.quantize else {})},
         ),
-        ("compile", steps.run_compile, ("export",), {"targets": list(plan.targets)}),
+        ("compile", steps.run_compile, ("export",), steps.compile_settings(plan)),
         (
             "bench",
             steps.run_bench,
