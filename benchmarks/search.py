@@ -53,6 +53,7 @@ from pipeline_runs import (  # beside this script
     stats,
 )
 
+from dnsrec_edge.bench.host_latency import RUNTIMES as MEASURING_RUNTIMES
 from dnsrec_edge.errors import BudgetError
 from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.search.budget import parse_budget
@@ -210,7 +211,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="how the machine was shared during the runs")
     parser.add_argument(
         "--measure-with",
-        choices=("ort", "tvm"),
+        choices=sorted(MEASURING_RUNTIMES),
         default="ort",
         help="the runtime a latency budget is measured under (the pipeline's --measure-with)",
     )

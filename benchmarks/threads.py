@@ -21,8 +21,8 @@ import argparse
 import functools
 import json
 import os
+import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,32 +36,19 @@ from dnsrec_edge.fsio import atomic_write_json
 from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 from dnsrec_edge.models.sasrec import SASRec
 
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
+
 RESULTS = Path(__file__).parent / "results" / "threads.json"
 ARCH = ArchSpec(3416, 200, 64, (BlockSpec(1, 64, 64), BlockSpec(1, 64, 64)))
 
 
 def medians(fns: dict[str, Callable[[], object]], rounds: int, per: int) -> dict[str, dict]:
-    """Per function: median ms of single calls, and mean ms of each block of ``per`` calls
-    (median over blocks), the functions alternating block by block."""
-    calls: dict[str, list[float]] = {k: [] for k in fns}
-    blocks: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        for _ in range(5):
-            fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(per):
-                t = time.perf_counter()
-                fn()
-                calls[name].append((time.perf_counter() - t) * 1e3)
-            blocks[name].append((time.perf_counter() - start) * 1e3 / per)
+    """Per function: median ms of single calls, and the median over blocks of ``per`` calls
+    of a block's mean ms per call, the functions alternating block by block."""
     return {
-        k: {
-            "call_median_ms": float(np.median(calls[k])),
-            "block_mean_ms": float(np.median(blocks[k])),
-        }
-        for k in fns
+        k: {"call_median_ms": v["median"], "block_mean_ms": v["block_mean"]}
+        for k, v in interleaved(fns, rounds, per).items()
     }
 
 

@@ -12,8 +12,11 @@ import numpy as np
 def interleaved(
     fns: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int = 5
 ) -> dict[str, dict[str, float]]:
-    """Median and p99 ms per call of each function, measured in alternating blocks."""
+    """Median and p99 ms per call of each function, measured in alternating blocks, and
+    ``block_mean``: the median over blocks of a block's mean ms per call (what a burst of
+    slow calls, hidden from the per-call median, costs)."""
     samples: dict[str, list[float]] = {k: [] for k in fns}
+    blocks: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -23,7 +26,12 @@ def interleaved(
                 t = time.perf_counter()
                 fn()
                 samples[name].append((time.perf_counter() - t) * 1e3)
+            blocks[name].append(float(np.mean(samples[name][-per_round:])))
     return {
-        k: {"median": float(np.median(v)), "p99": float(np.percentile(v, 99))}
+        k: {
+            "median": float(np.median(v)),
+            "p99": float(np.percentile(v, 99)),
+            "block_mean": float(np.median(blocks[k])),
+        }
         for k, v in samples.items()
     }
