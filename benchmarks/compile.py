@@ -5,7 +5,8 @@ ml-100k-sized baseline, a SASRec ONNX file this toolkit did not write (``torch.o
 ``dynamo=False``) and the baseline and subnet of ``benchmarks/search.py``'s ml-1m runs, at batch
 1 and 64: latency medians measured side by side in one interleaved run per thread count (TVM's
 default build for that thread count, as ``compile --threads N`` makes it, and ONNX Runtime on
-the same ONNX file with ``intra_op_num_threads`` the same), the per-kernel profile of both (TVM: the VM call
+the same ONNX file with ``intra_op_num_threads`` the same; each runtime in a process of its
+own, one running at a time, so neither's thread pool competes with the other's), the per-kernel profile of both (TVM: the VM call
 instrument, ONNX Runtime: its own profiler), compile (and, with ``--trials``, tuning) time,
 and a check that TVM's scores match ONNX Runtime's on the benchmark inputs. Writes
 benchmarks/results/compile.json.
@@ -44,7 +45,7 @@ from dnsrec_edge.models.archspec import ArchSpec, BlockSpec
 from dnsrec_edge.models.sasrec import SASRec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
+from timing import Worker, interleaved, interleaved_processes  # noqa: E402  (benchmarks/timing.py)
 
 RESULTS = Path(__file__).parent / "results" / "compile.json"
 TARGET = "host"
@@ -180,23 +181,28 @@ def bench_model(name, arch, batches, tuning: dict, work: Path, rounds: int, thre
                 quiet=True,
             )
             compile_s = time.perf_counter() - t0
-        default = builds[max(threads_list)]
+        # tuned: the budget is spent once, timing candidates at the first thread count; the
+        # builds for the other thread counts apply the same database (records apply whatever
+        # the thread count) without tuning again
         t0 = time.perf_counter()
-        tuned = (
-            default
-            if not tuning
-            else compile_model(
+        tuned_builds = {}
+        for threads in threads_list if tuning else ():
+            tuned_builds[threads] = compile_model(
                 onnx_path,
                 TARGET,
-                work / f"{name}-{key}-tuned",
+                work / f"{name}-{key}-tuned-t{threads}",
                 batch=batch,
-                tune=True,
-                **tuning,
+                threads=threads,
+                tune=not tuned_builds,
+                **(tuning if not tuned_builds else {}),
                 tuning_db=work / f"db-{name}-{key}",
                 quiet=True,
             )
-        )
         tuned_compile_s = time.perf_counter() - t0
+        # the tuning run's record (a default build's when not tuning)
+        tuned = (tuned_builds[min(threads_list)] if tuning else builds[min(threads_list)]).manifest[
+            "tuning"
+        ]
 
         x = _inputs(n_items, batch, max_len)
         xt = torch.from_numpy(x)
@@ -217,18 +223,23 @@ def bench_model(name, arch, batches, tuning: dict, work: Path, rounds: int, thre
             session = ort.InferenceSession(
                 str(onnx_path), options, providers=["CPUExecutionProvider"]
             )
-            dvm, tvm_ = default.load_vm(), tuned.load_vm()
+            dvm = default.load_vm()
             xi = tvm.runtime.tensor(x, tvm.cpu())
-            dw, tw = default.weights(), tuned.weights()  # weight files, if the build has any
+            dw = default.weights()  # weight files, if the build has any
             ref = session.run(None, {"item_seq": x})[0]
             match = _match(dvm["main"](xi, *dw).numpy(), ref)
-            fns = {
-                "ort": lambda s=session, x=x: s.run(None, {"item_seq": x}),
-                "tvm_default": lambda vm=dvm, xi=xi, w=dw: vm["main"](xi, *w),
+            workers = {
+                "ort": Worker(x, threads, work, onnx=onnx_path),
+                "tvm_default": Worker(x, threads, work, artifact=default.path),
             }
             if tuning:
-                fns["tvm_tuned"] = lambda vm=tvm_, xi=xi, w=tw: vm["main"](xi, *w)
-            per_threads[threads] = interleaved_medians(fns, rounds, per)
+                workers["tvm_tuned"] = Worker(x, threads, work, artifact=tuned_builds[threads].path)
+            try:
+                timed = interleaved_processes(workers, rounds, per)
+            finally:
+                for worker in workers.values():
+                    worker.close()
+            per_threads[threads] = {k: v["median"] for k, v in timed.items()}
             prof_vm = VirtualMachine(tvm.runtime.load_module(str(default.library)), tvm.cpu())
             profiles[str(threads)] = {
                 "tvm_default": profile_tvm(prof_vm, x, threads, weights=tuple(dw)).to_dict(8),
@@ -255,10 +266,11 @@ def bench_model(name, arch, batches, tuning: dict, work: Path, rounds: int, thre
             "default_vs_ort": ratio(res, "tvm_default"),
             "tuned_vs_ort": ratio(res, "tvm_tuned"),
             "matches_onnxruntime": match,
-            "trials": tuned.manifest["tuning"]["trials"],
-            "measured_candidates": tuned.manifest["tuning"].get("measured", 0),
-            "tune_seconds": tuned.manifest["tuning"]["seconds"],
-            "tuned_kernels_from_db": tuned.manifest["tuning"]["scheduled_funcs"],
+            "trials": tuned["trials"],
+            "measured_candidates": tuned.get("measured", 0),
+            "tune_seconds": tuned["seconds"],
+            "tuned_threads": min(threads_list) if tuning else None,
+            "tuned_kernels_from_db": tuned["scheduled_funcs"],
             "compile_seconds": round(compile_s, 1),
             "tuned_compile_seconds": round(tuned_compile_s, 1) if tuning else 0.0,
             "tuning_budget": tuning,

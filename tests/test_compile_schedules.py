@@ -115,3 +115,20 @@ def test_minutes_is_a_tuning_budget(odd_onnx, tmp_path):
 
     with pytest.raises(CompileError, match="add --tune"):
         compile_model(odd_onnx, "host", tmp_path / "m", minutes=1, quiet=True)
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "lanes", "registers", "tile"),
+    [
+        (200, 64, 16, 32, (10, 16)),  # AVX-512 matrix: one vector, ten rows share each load
+        (200, 208, 16, 32, (10, 16)),  # attention scores padded to whole vectors
+        (200, 64, 8, 16, (5, 16)),  # AVX2: two vectors, rows from the registers left (<= 6)
+        (200, 64, 4, 32, (5, 8)),  # NEON / SSE width
+        (1, 3424, 16, 32, (1, 32)),  # a row vector keeps two accumulator chains
+        (None, 64, 16, 32, (1, 32)),
+    ],
+)
+def test_register_tile_fits_the_simd_width(m, n, lanes, registers, tile):
+    from dnsrec_edge.compile.schedules import _register_tile
+
+    assert _register_tile(m, n, lanes, registers) == tile

@@ -186,10 +186,10 @@ def test_a_model_fitted_before_stream_gb_existed_still_loads(tmp_path):
         ("scoring", 3416, 16, (3424, True)),  # a constant weight: whole 32-column tiles
         ("ffn", 208, 16, (224, True)),
         ("ffn", 48, 16, (48, False)),  # under two tiles: whole vectors already
-        ("ffn", 40, 16, (64, False)),  # the matmul schedule pads it to two vectors
-        ("attn_scores", 200, 16, (224, False)),  # activations: padded in the schedule only
+        ("ffn", 40, 16, (48, False)),  # the matmul schedule pads it to whole AVX-512 vectors
+        ("attn_scores", 200, 16, (208, False)),  # activations: padded in the schedule only
         ("attn_scores", 200, 8, (200, False)),  # whole vectors already
-        ("attn_scores", 50, 8, (64, False)),
+        ("attn_scores", 50, 8, (64, False)),  # two-vector tiles below AVX-512
         ("attn_scores", 50, 4, (56, False)),
         ("attn_v", 16, 16, (16, False)),
         ("scoring", 3416, 0, (3416, False)),  # a model fitted before the builds padded
