@@ -14,6 +14,7 @@ benchmarks/results/compile.json.
     .venv/bin/python benchmarks/compile.py              # full run, default builds
     .venv/bin/python benchmarks/compile.py --trials 128 # also tuned builds (a trial count)
     .venv/bin/python benchmarks/compile.py --minutes 5  # ... or a time budget per model and batch
+    .venv/bin/python benchmarks/compile.py --minutes 5 --threads 2  # ... tuned for 2 threads
     .venv/bin/python benchmarks/compile.py --quick      # smoke run (tiny model, batch 1)
 
 Weights are untrained (seeded): latency does not depend on them.
@@ -181,9 +182,9 @@ def bench_model(name, arch, batches, tuning: dict, work: Path, rounds: int, thre
                 quiet=True,
             )
             compile_s = time.perf_counter() - t0
-        # tuned: the budget is spent once, timing candidates at the first thread count; the
-        # builds for the other thread counts apply the same database (records apply whatever
-        # the thread count) without tuning again
+        # tuned: the budget is spent once, timing candidates at the first thread count (tune
+        # for another with --threads); the builds for the other thread counts apply the same
+        # database (records apply whatever the thread count) without tuning again
         t0 = time.perf_counter()
         tuned_builds = {}
         for threads in threads_list if tuning else ():
@@ -200,9 +201,7 @@ def bench_model(name, arch, batches, tuning: dict, work: Path, rounds: int, thre
             )
         tuned_compile_s = time.perf_counter() - t0
         # the tuning run's record (a default build's when not tuning)
-        tuned = (tuned_builds[min(threads_list)] if tuning else builds[min(threads_list)]).manifest[
-            "tuning"
-        ]
+        tuned = (tuned_builds if tuning else builds)[threads_list[0]].manifest["tuning"]
 
         x = _inputs(n_items, batch, max_len)
         xt = torch.from_numpy(x)
@@ -269,7 +268,7 @@ def bench_model(name, arch, batches, tuning: dict, work: Path, rounds: int, thre
             "trials": tuned["trials"],
             "measured_candidates": tuned.get("measured", 0),
             "tune_seconds": tuned["seconds"],
-            "tuned_threads": min(threads_list) if tuning else None,
+            "tuned_threads": threads_list[0] if tuning else None,
             "tuned_kernels_from_db": tuned["scheduled_funcs"],
             "compile_seconds": round(compile_s, 1),
             "tuned_compile_seconds": round(tuned_compile_s, 1) if tuning else 0.0,
@@ -299,13 +298,21 @@ def main() -> None:
     )
     parser.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
+    parser.add_argument(
+        "--threads",
+        default="",
+        help="comma-separated thread counts (default: 1 and the usable cores); with a tuning "
+        "budget, tuning times its candidates at the first",
+    )
     args = parser.parse_args()
     models = QUICK if args.quick else {k: MODELS[k] for k in args.models.split(",")}
     batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
     trials = 16 if args.quick and args.trials else args.trials
     tuning = {"minutes": args.minutes} if args.minutes else {"trials": trials} if trials else {}
     cpu = detect_host()
-    threads_list = sorted({1, cpu.cores})
+    threads_list = (
+        [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cpu.cores})
+    )
     load_before = os.getloadavg()
     results = {}
     with tempfile.TemporaryDirectory(prefix="dnsrec-bench-") as tmp:

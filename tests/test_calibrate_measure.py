@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dnsrec_edge.bench.calibrate import _measure, measure_architecture
+from dnsrec_edge.bench.calibrate import _compile_arch, _measure, measure_architecture
 from dnsrec_edge.cost.calibrated import fit_data
 from dnsrec_edge.cost.records import load_records
 from dnsrec_edge.models.archspec import ArchSpec
@@ -24,6 +24,9 @@ def test_measure_architecture_records_every_round(tmp_path, monkeypatch):
     new = [r for r in load_records("x86_64", store) if r["arch"] == arch.to_dict()]
     assert len(new) == 2 and new[0]["artifact_sha256"] == new[1]["artifact_sha256"]
     assert new[0]["device"]["arch"] == "x86_64" and new[0]["threads"] == 1
+    # measured at 1 thread, built for 1 thread (a build for more cores runs slower on one)
+    built, _sha = _compile_arch(arch, "x86_64", tmp_path / "b", 0, threads=1)
+    assert json.loads((built / "manifest.json").read_text())["threads"] == 1
     assert not new[0]["tuned"] and new[0]["batch"] == 1 and new[0]["seq_len"] == 20
     # The two rounds are duplicates (same artifact, same board): merged into one point.
     (merged,) = fit_data(new, "min").records

@@ -123,15 +123,19 @@ def measure_architecture(
     name = TargetFacts.of(target).name
     where = {"rpc": rpc, "tracker": tracker, "key": key, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="dnsrec-measure-") as tmp:
-        path, _sha = _compile_arch(arch, name, Path(tmp), seed)
+        path, _sha = _compile_arch(arch, name, Path(tmp), seed, threads)
         reports = [_bench(path, where, calibration_dir) for _ in range(rounds)]
     values = [r.boards[0].latency_ms()[statistic] for r in reports]
     return min(values) if statistic == "min" else statistics.median(values)
 
 
-def _compile_arch(arch: ArchSpec, target: str, folder: Path, seed: int) -> tuple[Path, str]:
-    """Export a random-weight SASRec of ``arch`` and compile it (default build): the artifact's
-    folder and its library's sha256 (the same code, weights and build give the same one)."""
+def _compile_arch(
+    arch: ArchSpec, target: str, folder: Path, seed: int, threads: int | None = None
+) -> tuple[Path, str]:
+    """Export a random-weight SASRec of ``arch`` and compile it (default build, made for
+    ``threads`` when given: the count it is measured at, as the pipeline builds what it
+    benches): the artifact's folder and its library's sha256 (the same code, weights and
+    build give the same one)."""
     import torch
 
     from dnsrec_edge.compile.build import compile as compile_onnx
@@ -141,7 +145,13 @@ def _compile_arch(arch: ArchSpec, target: str, folder: Path, seed: int) -> tuple
     torch.manual_seed(seed)
     onnx_path = export_onnx(SASRec(arch).eval(), folder / "model.onnx", batch=1)
     artifact = compile_onnx(
-        onnx_path, target=target, out_dir=folder / "artifact", batch=1, tune=False, quiet=True
+        onnx_path,
+        target=target,
+        out_dir=folder / "artifact",
+        batch=1,
+        tune=False,
+        quiet=True,
+        threads=threads,
     )
     return Path(artifact.path), artifact.sha256
 
@@ -183,7 +193,7 @@ def _measure(archs, target: str, where: dict[str, Any], *, rounds, calibration_d
         for i, arch in enumerate(track(archs, f"compiling for {target}", quiet=quiet)):
             try:
                 path, sha = _compile_arch(
-                    arch, target, Path(tmp) / f"arch{i:03d}", seed * 100003 + i
+                    arch, target, Path(tmp) / f"arch{i:03d}", seed * 100003 + i, where["threads"]
                 )
             except (CompileError, OutputMismatch) as err:
                 failed.append(f"{_describe(arch)}: {err}")
