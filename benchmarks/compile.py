@@ -270,6 +270,11 @@ def bench_model(name, arch, batches, tuning: dict, work: Path, rounds: int, thre
             "tune_seconds": tuned["seconds"],
             "tuned_threads": threads_list[0] if tuning else None,
             "tuned_kernels_from_db": tuned["scheduled_funcs"],
+            # per thread count: the whole-model check of the tuned build against the default
+            "tuning_kept": {
+                str(t): {k: b.manifest["tuning"].get(k) for k in ("kept", "whole_model_ms")}
+                for t, b in tuned_builds.items()
+            },
             "compile_seconds": round(compile_s, 1),
             "tuned_compile_seconds": round(tuned_compile_s, 1) if tuning else 0.0,
             "tuning_budget": tuning,

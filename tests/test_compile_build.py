@@ -216,12 +216,17 @@ def test_tuning_database_is_applied_and_reused(tiny_onnx, tmp_path, monkeypatch)
     lines = (Path(db) / "database_tuning_record.json").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert sum(max(r[1][1]) < 1.0 for r in records) > len(records) // 2  # candidates really ran
+    # the tuned build was timed against the default one as a whole model; the faster is kept
+    timings = info["whole_model_ms"]
+    assert set(timings) == {"tuned", "default"} and min(timings.values()) > 0
+    assert info["kept"] == min(timings, key=lambda k: (timings[k], k != "tuned"))
     ref_in, ref_out = tuned.reference()
     assert np.max(np.abs(tuned.run_local(ref_in) - ref_out)) <= 1e-4
     # a later compile of the same shapes picks the database up without --tune
     again = compile_model(tiny_onnx, "x86_64", tmp_path / "again", quiet=True)
     assert again.manifest["tuning"]["database"] == db
     assert again.manifest["tuning"]["scheduled_funcs"] == info["scheduled_funcs"]
+    assert again.manifest["tuning"]["kept"] in ("tuned", "default")
 
 
 RUNTIME_ONLY_TOPK = r"""
@@ -276,3 +281,11 @@ def test_a_table_under_a_mebibyte_keeps_its_own_copy_for_the_lookup(tmp_path):
     path = export_onnx(SASRec(arch).eval(), tmp_path / "small.onnx", batch=1)
     art = compile_model(path, "x86_64", tmp_path / "art", quiet=True)  # checked against ORT
     assert art.library.stat().st_size > 1.9 * table_bytes  # a row-major copy and the scoring's
+
+
+def test_the_faster_whole_model_build_is_kept():
+    from dnsrec_edge.compile.tuned_or_default import faster
+
+    assert faster({"tuned": 0.30, "default": 0.25}) == "default"
+    assert faster({"tuned": 0.20, "default": 0.25}) == "tuned"
+    assert faster({"tuned": 0.25, "default": 0.25}) == "tuned"  # a tie keeps what was asked for

@@ -130,6 +130,12 @@ def compile_cmd(
         f"{m['kernels']['scheduled']}/{m['kernels']['total']} kernels scheduled, "
         f"{m['tuning']['scheduled_funcs']} from tuning records, {m['compile_seconds']} s"
     )
+    if "kept" in m["tuning"]:
+        ms = m["tuning"]["whole_model_ms"]
+        click.echo(
+            f"whole model on this host: tuned {ms['tuned']:.4f} ms, default {ms['default']:.4f} "
+            f"ms; the {m['tuning']['kept']} build is kept"
+        )
 
 
 @click.group("targets")

@@ -303,9 +303,13 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
     database, tune_info = _tuning_database(
         mod, tgt, tvm_target, db_path, compiler, tune, trials, minutes, measure, quiet
     )
-    mod, kernels = _schedule(mod, tgt, tvm_target, database, tune_info)
-    executable = _build(mod, tvm_target, onnx_path, tgt)
+    scheduled, kernels = _schedule(mod, tgt, tvm_target, database, tune_info)
+    executable = _build(scheduled, tvm_target, onnx_path, tgt)
     ref_in = reference_input(model, shape, n_items=_n_items(model, shape))
+    if tune_info["scheduled_funcs"] and tgt.device == "cpu" and tgt.arch == host_arch():
+        executable, kernels = _tuned_or_default(
+            mod, executable, kernels, tgt, tvm_target, onnx_path, ref_in, weights, tune_info
+        )
     ref_out = run_onnxruntime(model, ref_in)[0]
     return _write_artifact(
         out,
@@ -421,6 +425,32 @@ def _schedule(
         tune_info["scheduled_funcs"],
     )
     return mod, {"scheduled": scheduled, "total": total}
+
+
+def _tuned_or_default(
+    mod: Any,
+    tuned: Any,
+    kernels: dict[str, int],
+    tgt: Target,
+    tvm_target: Any,
+    onnx_path: Path,
+    ref_in: np.ndarray,
+    weights: list[np.ndarray],
+    tune_info: dict[str, Any],
+) -> tuple[Any, dict[str, int]]:
+    """The tuned executable or the default one, whichever runs the whole model faster on this
+    host (:mod:`dnsrec_edge.compile.tuned_or_default`), and its kernel counts; ``tune_info``
+    gets both latencies and the choice."""
+    from dnsrec_edge.compile.tuned_or_default import faster, whole_model_ms
+
+    default_mod, default_kernels = _schedule(mod, tgt, tvm_target, None, {"scheduled_funcs": 0})
+    default = _build(default_mod, tvm_target, onnx_path, tgt)
+    timings = whole_model_ms({"tuned": tuned, "default": default}, ref_in, weights, tgt.threads)
+    kept = faster(timings)
+    tune_info.update(whole_model_ms=timings, kept=kept)
+    log.info("whole model: tuned %.4f ms, default %.4f ms; keeping the %s build",
+             timings["tuned"], timings["default"], kept)  # fmt: skip
+    return (tuned, kernels) if kept == "tuned" else (default, default_kernels)
 
 
 def _build(mod: Any, tvm_target: Any, onnx_path: Path, tgt: Target) -> Any:
