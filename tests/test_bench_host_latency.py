@@ -96,3 +96,11 @@ def test_a_tvm_pool_sized_for_two_threads_runs_two():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split()[-1] == "2"
+
+
+def test_runtime_name_reads_older_search_results_as_onnx_runtime():
+    from dnsrec_edge.bench.host_latency import runtime_name
+
+    assert runtime_name({"measured_with": "tvm"}) == "TVM builds"
+    assert runtime_name({"measured_with": "ort"}) == "ONNX Runtime"
+    assert runtime_name({}) == "ONNX Runtime"  # written before measured_with existed

@@ -30,6 +30,12 @@ from dnsrec_edge.models.archspec import ArchSpec
 RUNTIMES = {"ort": "ONNX Runtime", "tvm": "TVM builds"}
 
 
+def runtime_name(search_result: dict) -> str:
+    """The runtime a search stage's result was measured with, in words; results written
+    before ``measured_with`` existed were measured under ONNX Runtime."""
+    return RUNTIMES[search_result.get("measured_with") or "ort"]
+
+
 def check_runtime(runtime: str) -> str:
     """``runtime`` if it is one this host can time; else one sentence naming the choices."""
     if runtime not in RUNTIMES:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dnsrec_edge.bench.host_latency import RUNTIMES
+from dnsrec_edge.bench.host_latency import runtime_name
 from dnsrec_edge.fsio import atomic_write_bytes, atomic_write_json
 from dnsrec_edge.pipeline.stages import StageContext, StageOutput
 from dnsrec_edge.pipeline.steps import MODELS
@@ -90,7 +90,7 @@ def report_data(up: Mapping[str, StageOutput]) -> dict[str, Any]:
         for cand in candidates:
             cand["latency_ms"] = cand["measured_share"] * base_ms
             cand["latency_source"] = "measured"
-        runtime = RUNTIMES[search.get("measured_with") or "ort"]  # older runs: ONNX Runtime
+        runtime = runtime_name(search)
         cand_label = f"search candidate (its {runtime} share x the baseline)"
     else:
         cand_label = "search candidate"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dnsrec_edge.bench.host_latency import RUNTIMES
+from dnsrec_edge.bench.host_latency import runtime_name
 from dnsrec_edge.pipeline.steps import MODELS
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def _sum_search(r):
     of = "the baseline" if r["budget"].get("relative_to") == "baseline" else "the full supernet"
     text = f"{r['budget']['text']}: depth {depth} ({widths}), cost {100 * r['share']:.0f}% of {of}"
     if r.get("measured_share") is not None:
-        runtime = RUNTIMES[r.get("measured_with") or "ort"]  # older runs: ONNX Runtime
+        runtime = runtime_name(r)
         text += f" (measured {100 * r['measured_share']:.0f}%, {runtime})"
     text += f", valid NDCG@10 {r['valid']['ndcg@10']:.4f}"
     return text + (", warm-up reused" if r.get("warmup_reused") else "")
