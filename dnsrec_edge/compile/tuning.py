@@ -328,6 +328,10 @@ def tune(
     state = {"time_up": False}
     measurer = measurer or Measurer()
     check_can_tune(target, remote=measurer.remote)
+    if not measurer.remote:  # time candidates on the thread count the build is made for
+        from dnsrec_edge.compile.artifact import set_threads
+
+        set_threads(target.threads)
     register_cpu_intrinsics(target)
     database = open_database(db_path)
     tasks = _select_tasks(ms.relax_integration.extract_tasks(mod, tvm_target))
