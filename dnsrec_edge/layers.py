@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train", "cost"),
     ("evaluate", "compile"),
     ("models", "data", "board"),
-    ("fsio", "paths", "progress", "compare", "hostinfo", "layers", ""),
+    ("fsio", "paths", "progress", "compare", "hostinfo", "timing", "layers", ""),
     ("errors",),
 )
 

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from dnsrec_edge.errors import UnknownName
-from dnsrec_edge.export.ort_timing import time_calls, time_onnx, timing_export
+from dnsrec_edge.export.ort_timing import time_onnx, timing_export
 from dnsrec_edge.models.archspec import ArchSpec
+from dnsrec_edge.timing import time_calls
 
 RUNTIMES = {"ort": "ONNX Runtime", "tvm": "TVM builds"}
 

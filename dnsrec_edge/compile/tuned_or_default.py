@@ -1,8 +1,8 @@
 """Keep a tuned build only where it is faster as a whole model than the default build.
 
 Tuning records replace a default schedule where the kernel measured faster on its own, but
-kernels that each won alone can lose together (on a 2-core host five minutes of tuning made
-the ml-1m baseline's 2-thread build 11 % slower). So where the build runs on this host, the
+kernels that each won alone can lose together (on a 2-core host records tuned at 1 thread made
+the ml-1m baseline's 2-thread build 16 % slower). So where the build runs on this host, the
 tuned and the default executables are timed end to end on the reference input, interleaved,
 and the faster one is kept; the manifest records both latencies and which was kept.
 
@@ -62,7 +62,7 @@ def _time_libraries(folder: Path, threads: int, n_weights: int, names: list[str]
     from tvm.runtime.vm import VirtualMachine
 
     from dnsrec_edge.compile.artifact import set_threads
-    from dnsrec_edge.export.ort_timing import time_calls
+    from dnsrec_edge.timing import time_calls
 
     set_threads(threads)
     dev = tvm.cpu()

@@ -2,8 +2,8 @@
 
 Timing several files round-robin (one round of each, then the next round) keeps a shared
 machine's drift out of their ratios. :func:`timing_export` writes an architecture with
-untrained weights (latency does not depend on the weights) for timing; :func:`time_calls` is
-the round-robin any runtime's calls share (``bench/host_latency.py`` times TVM builds with it).
+untrained weights (latency does not depend on the weights) for timing; the round-robin
+itself is :func:`dnsrec_edge.timing.time_calls`.
 
 Example::
 
@@ -14,13 +14,13 @@ Example::
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from dnsrec_edge.models.archspec import ArchSpec
+from dnsrec_edge.timing import time_calls
 
 
 def _session(path: Path, threads: int):
@@ -56,36 +56,6 @@ def time_onnx(
     sessions = {str(p): _session(Path(p), threads) for p in paths}
     calls = {p: functools.partial(s.run, None, _feed(s, seed)) for p, s in sessions.items()}
     return time_calls(calls, threads, repeat, number, warmup)
-
-
-def time_calls(
-    calls: Mapping[str, Callable[[], object]],
-    threads: int,
-    repeat: int = 30,
-    number: int = 20,
-    warmup: int = 5,
-) -> dict[str, dict[str, float]]:
-    """Per call: ``median_ms``, ``p99_ms``, ``mean_ms`` over ``repeat`` rounds of ``number``
-    calls each, the calls interleaved round by round (``threads`` is only recorded)."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeat):
-        for name, call in calls.items():
-            t0 = time.perf_counter()
-            for _ in range(number):
-                call()
-            samples[name].append((time.perf_counter() - t0) / number * 1e3)
-    return {
-        name: {
-            "median_ms": float(np.median(v)),
-            "p99_ms": float(np.percentile(v, 99)),
-            "mean_ms": float(np.mean(v)),
-            "threads": threads,
-        }
-        for name, v in samples.items()
-    }
 
 
 def timing_export(arch: ArchSpec, folder: Path, name: str) -> Path:
