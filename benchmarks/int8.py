@@ -78,8 +78,12 @@ def bench_model(name: str, ckpt: Path, dataset, work: Path, args) -> dict:
             quantize=None if precision == "fp32" else "int8",
         )  # fmt: skip
         export_s = time.perf_counter() - t0
-        arts[precision] = compile_model(
-            paths[precision], args.target, work / f"{name}-{precision}", quiet=True
+        arts[precision] = compile_model(  # built for the thread count it is timed at
+            paths[precision],
+            args.target,
+            work / f"{name}-{precision}",
+            quiet=True,
+            threads=args.threads,
         )
         print(f"{name} {precision}: exported in {export_s:.0f} s, compiled", flush=True)
     q = reports["int8"].quantized

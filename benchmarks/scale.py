@@ -147,7 +147,9 @@ def rows_of(n_items: int, max_len: int, work: Path, args) -> Iterator[dict]:
             paths["int8"] = quantize_onnx(
                 paths["fp32"], folder / "int8.onnx", zipf_histories(n_items, max_len, 64)
             )
-        art = compile_model(paths[precision], args.target, folder / precision, quiet=True)
+        art = compile_model(  # built for the thread count it is timed at
+            paths[precision], args.target, folder / precision, quiet=True, threads=args.threads
+        )
         build_s = time.perf_counter() - t0
         times = time_both(art, paths[precision], x, args)
         rss = added_rss(art.path, x[:1], folder)
