@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from timing import call_times  # beside this script (it runs as one)
 
 
 def _ort(onnx: Path, x: np.ndarray, threads: int) -> Callable[[], object]:
@@ -57,12 +57,7 @@ def main() -> None:
     for line in sys.stdin:
         if not line.strip():
             break
-        times = []
-        for _ in range(int(line)):
-            t = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - t) * 1e3)
-        print(json.dumps(times), flush=True)
+        print(json.dumps(call_times(call, int(line))), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ runtime's thread pool competes with another's for the cores, in a :class:`Worker
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -19,28 +20,27 @@ import numpy as np
 SETTLE_S = 0.05
 
 
+def call_times(fn: Callable[[], object], n: int) -> list[float]:
+    """The ms of each of ``n`` calls of ``fn``, one after another."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
 def interleaved(
     fns: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int = 5
 ) -> dict[str, dict[str, float]]:
     """Median and p99 ms per call of each function, measured in alternating blocks, and
     ``block_mean``: the median over blocks of a block's mean ms per call (what a burst of
     slow calls, hidden from the per-call median, costs)."""
-
-    def block(fn: Callable[[], object]) -> Callable[[int], list[float]]:
-        def run(n: int) -> list[float]:
-            times = []
-            for _ in range(n):
-                t = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t) * 1e3)
-            return times
-
-        return run
-
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    return _alternate({k: block(fn) for k, fn in fns.items()}, rounds, per_round, 0.0)
+    blocks = {k: functools.partial(call_times, fn) for k, fn in fns.items()}
+    return _alternate(blocks, rounds, per_round, 0.0)
 
 
 class Worker:

@@ -39,7 +39,7 @@ def bench_mode(
         return "rpc", f"board at {rpc}"
     if tracker:
         return "tracker", f"board from tracker {tracker}"
-    if target.arch == host_arch() and target.device == "cpu":
+    if target.runs_here:
         return "local", f"this host ({host_arch()})"
     return "none", (
         f"no board named for {target.name} ({target.arch}): compiled, not measured "

@@ -306,7 +306,7 @@ def compile(  # the public name the contract fixes (shadows the builtin here onl
     scheduled, kernels = _schedule(mod, tgt, tvm_target, database, tune_info)
     executable = _build(scheduled, tvm_target, onnx_path, tgt)
     ref_in = reference_input(model, shape, n_items=_n_items(model, shape))
-    if tune_info["scheduled_funcs"] and tgt.device == "cpu" and tgt.arch == host_arch():
+    if tune_info["scheduled_funcs"] and tgt.runs_here:
         executable, kernels = _tuned_or_default(
             mod, executable, kernels, tgt, tvm_target, onnx_path, ref_in, weights, tune_info
         )

@@ -75,6 +75,11 @@ class Target:
         return replace(self, threads=int(threads), tvm=tvm_dict, threads_auto=False)
 
     @property
+    def runs_here(self) -> bool:
+        """True if this machine can run the target's builds: a CPU target of its architecture."""
+        return self.device == "cpu" and self.arch == host_arch()
+
+    @property
     def vector_lanes(self) -> int:
         """float32 SIMD lanes of this target's CPU builds (0 for GPU targets)."""
         return vector_lanes(self.tvm, self.device)
